@@ -1,0 +1,30 @@
+-- Dead letters recorded by the ingester, retried by the retrier, inspected through the API.
+-- Times are DATETIME(6) in UTC (the pool sets time_zone '+00:00'). JSON is LONGTEXT on MariaDB.
+CREATE TABLE IF NOT EXISTS failed_messages (
+    id              BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    message_id      VARCHAR(255) NOT NULL,
+    exchange        VARCHAR(255) NOT NULL,
+    routing_key     VARCHAR(255) NOT NULL,
+    queue           VARCHAR(255) NOT NULL DEFAULT '',
+    payload         JSON NOT NULL,
+    payload_encoding ENUM('json', 'text', 'base64') NOT NULL DEFAULT 'json',
+    headers         JSON NULL,
+    death_history   JSON NULL,
+    error_message   TEXT NULL,
+    retry_count     INT UNSIGNED NOT NULL DEFAULT 0,
+    max_retries     INT UNSIGNED NOT NULL DEFAULT 3,
+    status          ENUM('pending', 'retrying', 'failed', 'resolved') NOT NULL DEFAULT 'pending',
+    failed_at       DATETIME(6) NOT NULL,
+    last_retry_at   DATETIME(6) NULL,
+    resolved_at     DATETIME(6) NULL,
+    next_retry_at   DATETIME(6) NULL,
+    created_at      DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    updated_at      DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (id),
+    UNIQUE KEY uq_failed_messages_message_id (message_id),
+    KEY idx_failed_messages_due (status, next_retry_at),
+    KEY idx_failed_messages_exchange (exchange, failed_at),
+    KEY idx_failed_messages_queue (queue, failed_at),
+    KEY idx_failed_messages_routing_key (routing_key, failed_at),
+    KEY idx_failed_messages_failed_at (failed_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;

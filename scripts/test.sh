@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The one test command: services up, format, lints, unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One shared target dir across clones (CI runs in a fresh clone): builds are the slow part.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/messages-broker/target}"
+
+echo "==> setup"
+scripts/setup.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "==> cargo test"
+cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-4}"
+
+echo "==> topology check of the shipped topology.toml"
+cargo run --quiet --locked -- topology check topology.toml

@@ -1,0 +1,4 @@
+//! Everything AMQP: the supervised connection and the management API client.
+
+pub mod connection;
+pub mod management;

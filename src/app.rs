@@ -1,0 +1,251 @@
+//! The process as a function of its settings: [`App::build`] loads the topology, binds the HTTP
+//! port (0 in tests), spawns the connection, the roles and the server, and exposes its address.
+//! [`App::shutdown`] is the stop protocol: HTTP and roles first, the broker connection last, so
+//! in-flight confirms and acks can finish on it.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    amqp::connection::{self, LinkReceiver},
+    backoff::Backoff,
+    http::{self, AppState, auth::Clients},
+    metrics::Metrics,
+    settings::Settings,
+    store,
+    topology::{self, Topology, TopologyError},
+    workers::{
+        Role, Supervisor,
+        applier::{self, Mode, TopologyState},
+    },
+};
+
+pub struct App {
+    addr: SocketAddr,
+    pub state: AppState,
+    /// Supervises the HTTP server and the roles: stopped first.
+    front: Supervisor,
+    /// Supervises the broker connection and the migrator: stopped last.
+    infra: Supervisor,
+    front_cancel: CancellationToken,
+    infra_cancel: CancellationToken,
+    /// Fired when the HTTP server dies: the process cannot serve its probes and must stop.
+    fatal: CancellationToken,
+}
+
+/// Reads the topology file, applies `MESSAGE_TTL` / `DLQ_TTL`, and validates.
+pub fn load_topology(settings: &Settings) -> Result<Topology, Vec<TopologyError>> {
+    let path = &settings.app.topology_file;
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        vec![TopologyError {
+            path: path.display().to_string(),
+            reason: format!("cannot read topology file: {err} (set TOPOLOGY_FILE or pass the file path)"),
+        }]
+    })?;
+    let mut file = topology::parse(&text).map_err(|err| vec![err])?;
+    if let Some(ttl) = settings.message.ttl {
+        file.queue_defaults.message_ttl = Some(ttl.into());
+    }
+    if let (Some(ttl), Some(dlq)) = (settings.message.dlq_ttl, file.dead_letter_queues.as_mut()) {
+        dlq.message_ttl = Some(ttl.into());
+    }
+    topology::validate(&file)
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let topology = load_topology(&settings).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("invalid topology {}:\n  {}", settings.app.topology_file.display(), lines.join("\n  "))
+        })?;
+        Self::build_with(settings, topology).await
+    }
+
+    pub async fn build_with(settings: Settings, topology: Topology) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let topology = Arc::new(topology);
+        let metrics = Arc::new(Metrics::new());
+        for queue in &topology.queues {
+            if let Some(max) = queue.max_length {
+                metrics.queue_max_length.with_label_values(&[queue.name.as_str()]).set(max.into());
+            }
+        }
+        let roles = &settings.app.roles;
+        let front = Supervisor::new(metrics.clone());
+        let infra = Supervisor::new(metrics.clone());
+        let front_cancel = CancellationToken::new();
+        let infra_cancel = CancellationToken::new();
+        let fatal = CancellationToken::new();
+
+        // The broker connection, shared by every role.
+        let (link_tx, link_rx) = connection::link_channel();
+        let name = format!(
+            "{} [{}] pid {}",
+            settings.app.name,
+            roles.0.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+            std::process::id()
+        );
+        infra.spawn_named(
+            "amqp-connection",
+            connection::run_connection(settings.rabbitmq.clone(), name, metrics.clone(), link_tx, infra_cancel.clone()),
+        );
+
+        // The database: lazy pool, migrations in the background until they succeed.
+        let needs_db = roles.0.iter().any(|r| r.needs_database());
+        let pool = needs_db.then(|| store::pool(&settings.database));
+        let (migrated_tx, migrated_rx) = watch::channel(!settings.database.migrate_on_start);
+        if let (Some(pool), true) = (&pool, settings.database.migrate_on_start) {
+            infra.spawn_named("migrator", run_migrations(pool.clone(), migrated_tx, infra_cancel.clone()));
+        }
+
+        // The topology: declared by the applier, verified by processes without it.
+        let (topology_tx, topology_rx) = applier::state_channel();
+        let topology_tx = Arc::new(topology_tx);
+        let (task, mode) = if roles.contains(Role::Applier) {
+            ("applier", Mode::Declare)
+        } else {
+            ("topology-verifier", Mode::Verify)
+        };
+        {
+            let (topology, link, metrics, cancel, tx) =
+                (topology.clone(), link_rx.clone(), metrics.clone(), front_cancel.clone(), topology_tx.clone());
+            front.spawn_supervised(task, front_cancel.clone(), move || {
+                applier::run(mode, topology.clone(), link.clone(), tx.as_ref().clone(), metrics.clone(), cancel.clone())
+            });
+        }
+        for role in [Role::Ingester, Role::Retrier, Role::Stats] {
+            if roles.contains(role) {
+                let cancel = front_cancel.clone();
+                front.spawn_supervised(role.as_str(), front_cancel.clone(), move || idle(role, cancel.clone()));
+            }
+        }
+
+        let state = AppState {
+            clients: Arc::new(Clients::from_settings(&settings.auth.clients)),
+            settings: settings.clone(),
+            topology,
+            metrics,
+            link: link_rx,
+            topology_state: topology_rx,
+            pool,
+            db_migrated: migrated_rx,
+        };
+        let bind = format!("{}:{}", settings.app.host, settings.app.port);
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .with_context(|| format!("Failed to bind the HTTP port {bind} (APP_HOST/APP_PORT)"))?;
+        let addr = listener.local_addr()?;
+        let router = http::router(state.clone());
+        let (stop, fatal_signal) = (front_cancel.clone(), fatal.clone());
+        front.spawn_named("http", async move {
+            let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(err) = server.await {
+                error!(error = %err, "HTTP server failed; stopping.");
+                fatal_signal.cancel();
+            }
+        });
+        info!(%addr, roles = ?settings.app.roles.0, "messages-broker started.");
+        Ok(Self { addr, state, front, infra, front_cancel, infra_cancel, fatal })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs until SIGTERM/SIGINT (or a fatal server error), then stops under the deadline.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        tokio::select! {
+            signal = shutdown_signal() => info!(signal, "Stopping."),
+            _ = self.fatal.cancelled() => warn!("Stopping after a fatal error."),
+        }
+        let deadline = self.state.settings.app.shutdown_timeout;
+        self.shutdown(deadline).await.map_err(|laggards| {
+            anyhow::anyhow!("shutdown deadline of {deadline:?} passed; still running: {}", laggards.join(", "))
+        })
+    }
+
+    /// HTTP and roles stop first; the connection closes once they are done (or the time is up).
+    pub async fn shutdown(self, deadline: Duration) -> Result<(), Vec<String>> {
+        let started = tokio::time::Instant::now();
+        self.front_cancel.cancel();
+        let front = self.front.wait(deadline).await;
+        self.infra_cancel.cancel();
+        let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        let infra = self.infra.wait(left).await;
+        let mut laggards = front.err().unwrap_or_default();
+        laggards.extend(infra.err().unwrap_or_default());
+        if laggards.is_empty() {
+            info!(elapsed = ?started.elapsed(), "Stopped cleanly.");
+            Ok(())
+        } else {
+            error!(still_running = %laggards.join(", "), "Shutdown deadline passed.");
+            Err(laggards)
+        }
+    }
+
+    pub fn link(&self) -> LinkReceiver {
+        self.state.link.clone()
+    }
+
+    pub fn topology_state(&self) -> watch::Receiver<TopologyState> {
+        self.state.topology_state.clone()
+    }
+}
+
+/// Migrates once the database answers; replicas may race, sqlx's migration lock serializes them.
+async fn run_migrations(pool: sqlx::MySqlPool, done: watch::Sender<bool>, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    loop {
+        match store::migrate(&pool).await {
+            Ok(()) => {
+                info!("Database migrated.");
+                done.send_replace(true);
+                return;
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                if backoff.attempts() == 1 {
+                    warn!(error = %err, retry_in = ?delay, "Cannot migrate the database yet; retrying. Check DB_HOST/DB_PORT/DB_USERNAME/DB_PASSWORD/DB_DATABASE.");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Roles whose work is not built yet keep their slot (and their span) until their issue lands.
+async fn idle(role: Role, cancel: CancellationToken) -> anyhow::Result<()> {
+    info!(%role, "Role has nothing to do yet in this version; idling.");
+    cancel.cancelled().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+        "SIGTERM"
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<&'static str>();
+    tokio::select! {
+        s = ctrl_c => s,
+        s = term => s,
+    }
+}

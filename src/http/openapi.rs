@@ -1,0 +1,34 @@
+//! The OpenAPI document, served at `/api/openapi.json` (schemathesis and client generators use it).
+
+use axum::Json;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use super::{error, probes, topology};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "messages-broker", description = "RabbitMQ coordination for the e-commerce platform."),
+    paths(probes::health, probes::ready, probes::metrics, topology::show),
+    components(schemas(error::ErrorBody, probes::Health, probes::Readiness)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,15 @@
+//! messages-broker: coordinates RabbitMQ for the e-commerce platform.
+//!
+//! `topology.toml` and the settings are data; [`app::App`] turns them into a supervised fleet of
+//! roles (applier, api, ingester, retrier, stats) joined by tokio channels, behind a small API.
+
+pub mod amqp;
+pub mod app;
+pub mod backoff;
+pub mod http;
+pub mod metrics;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+pub mod workers;

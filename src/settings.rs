@@ -1,0 +1,608 @@
+//! Settings: built-in defaults < `config/default.toml` < `config/{APP_ENV}.toml` < `--config FILE`
+//! < environment (the seed's variable names, plus `MESSAGES_BROKER_<SECTION>__<KEY>` for any key).
+
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::workers::Role;
+
+/// The seed's environment variables and the setting each one sets.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("APP_NAME", "app.name"),
+    ("APP_ENV", "app.env"),
+    ("APP_HOST", "app.host"),
+    ("APP_PORT", "app.port"),
+    ("WORKER_ROLES", "app.roles"),
+    ("TOPOLOGY_FILE", "app.topology_file"),
+    ("LOG_FORMAT", "app.log_format"),
+    ("DB_CONNECTION", "database.connection"),
+    ("DB_HOST", "database.host"),
+    ("DB_PORT", "database.port"),
+    ("DB_DATABASE", "database.database"),
+    ("DB_USERNAME", "database.username"),
+    ("DB_PASSWORD", "database.password"),
+    ("RABBITMQ_HOST", "rabbitmq.host"),
+    ("RABBITMQ_PORT", "rabbitmq.port"),
+    ("RABBITMQ_MANAGEMENT_PORT", "rabbitmq.management_port"),
+    ("RABBITMQ_USER", "rabbitmq.user"),
+    ("RABBITMQ_PASSWORD", "rabbitmq.password"),
+    ("RABBITMQ_VHOST", "rabbitmq.vhost"),
+    ("MESSAGE_TTL", "message.ttl"),
+    ("MESSAGE_MAX_RETRIES", "message.max_retries"),
+    ("MESSAGE_RETRY_DELAY", "message.retry_delay"),
+    ("DLQ_TTL", "message.dlq_ttl"),
+];
+
+/// Prefix of the generic environment layer: `MESSAGES_BROKER_RETRY__SCAN_INTERVAL=1s`.
+pub const ENV_PREFIX: &str = "MESSAGES_BROKER_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub app: AppSettings,
+    pub database: DatabaseSettings,
+    pub rabbitmq: RabbitMqSettings,
+    pub message: MessageSettings,
+    pub retry: RetrySettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppSettings {
+    #[serde(deserialize_with = "lenient_string")]
+    pub name: String,
+    /// Selects `config/{env}.toml`; `production` hardens a few defaults.
+    #[serde(deserialize_with = "lenient_string")]
+    pub env: String,
+    /// Bind address of the HTTP server.
+    #[serde(deserialize_with = "lenient_string")]
+    pub host: String,
+    /// HTTP port; 0 picks a free one (tests).
+    pub port: u16,
+    pub roles: Roles,
+    pub topology_file: PathBuf,
+    pub log_format: LogFormat,
+    /// How long SIGTERM waits for in-flight work before giving up on it.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Largest accepted HTTP request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        Self {
+            name: "messages-broker".into(),
+            env: "local".into(),
+            host: "0.0.0.0".into(),
+            port: 8011,
+            roles: Roles::all(),
+            topology_file: "topology.toml".into(),
+            log_format: LogFormat::Pretty,
+            shutdown_timeout: Duration::from_secs(20),
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Only `mysql` (MySQL 8.0 or MariaDB 10.6+).
+    #[serde(deserialize_with = "lenient_string")]
+    pub connection: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub host: String,
+    pub port: u16,
+    #[serde(deserialize_with = "lenient_string")]
+    pub database: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub username: String,
+    pub password: Secret,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// `serve` runs the migrations before the roles that need the database start.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            connection: "mysql".into(),
+            host: "127.0.0.1".into(),
+            port: 3306,
+            database: "messages_broker_db".into(),
+            username: "messages_broker_user".into(),
+            password: Secret::new("messages_broker_password"),
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn connect_options(&self) -> sqlx::mysql::MySqlConnectOptions {
+        sqlx::mysql::MySqlConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.username)
+            .password(self.password.expose())
+            .database(&self.database)
+            .charset("utf8mb4")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitMqSettings {
+    #[serde(deserialize_with = "lenient_string")]
+    pub host: String,
+    pub port: u16,
+    pub management_port: u16,
+    #[serde(deserialize_with = "lenient_string")]
+    pub user: String,
+    pub password: Secret,
+    #[serde(deserialize_with = "lenient_string")]
+    pub vhost: String,
+    /// AMQP heartbeat, seconds: a dead peer is noticed within about twice this.
+    pub heartbeat: u16,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// First and last wait between reconnection attempts (exponential, with jitter).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Base URL of the management API; empty means `http://{host}:{management_port}`.
+    #[serde(deserialize_with = "lenient_string")]
+    pub management_url: String,
+}
+
+impl Default for RabbitMqSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5672,
+            management_port: 15672,
+            user: "guest".into(),
+            password: Secret::new("guest"),
+            vhost: "/".into(),
+            heartbeat: 10,
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(10),
+            management_url: String::new(),
+        }
+    }
+}
+
+impl RabbitMqSettings {
+    /// The AMQP URI with credentials: never log it, log [`Self::display_uri`].
+    pub fn amqp_uri(&self) -> String {
+        format!(
+            "amqp://{}:{}@{}:{}/{}?heartbeat={}&connection_timeout={}",
+            encode_component(&self.user),
+            encode_component(self.password.expose()),
+            self.host,
+            self.port,
+            encode_component(&self.vhost),
+            self.heartbeat,
+            self.connect_timeout.as_millis()
+        )
+    }
+
+    pub fn display_uri(&self) -> String {
+        format!(
+            "amqp://{}@{}:{}/{}",
+            self.user,
+            self.host,
+            self.port,
+            encode_component(&self.vhost)
+        )
+    }
+
+    pub fn management_base(&self) -> String {
+        if self.management_url.is_empty() {
+            format!("http://{}:{}", self.host, self.management_port)
+        } else {
+            self.management_url.trim_end_matches('/').to_owned()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessageSettings {
+    /// `MESSAGE_TTL`, ms: when set, replaces `queue_defaults.message_ttl` of the topology.
+    pub ttl: Option<u32>,
+    /// `MESSAGE_MAX_RETRIES`: the `max_retries` of new failed messages.
+    pub max_retries: u32,
+    /// `MESSAGE_RETRY_DELAY`, ms: when set, the first backoff step (later steps keep 1:5:30).
+    pub retry_delay: Option<u64>,
+    /// `DLQ_TTL`, ms: when set, replaces `dead_letter_queues.message_ttl` of the topology.
+    pub dlq_ttl: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Delay before retry 1, 2, 3...
+    #[serde(with = "duration_list")]
+    pub backoff: Vec<Duration>,
+    /// How often due retries are looked for.
+    #[serde(with = "humantime_serde")]
+    pub scan_interval: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            backoff: vec![
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+                Duration::from_secs(1800),
+            ],
+            scan_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub clients: Vec<ClientSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    pub name: String,
+    /// Hex SHA-256 of the bearer token; the token itself is never stored.
+    pub token_sha256: String,
+    pub scopes: Vec<Scope>,
+    /// Publish allow-list; absent means any exchange of the topology.
+    pub exchanges: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Publish,
+    Read,
+    Operate,
+    Admin,
+}
+
+/// Roles of this process: a list, or a comma-separated string (`WORKER_ROLES=api,stats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles(pub Vec<Role>);
+
+impl Roles {
+    pub fn all() -> Self {
+        Self(Role::ALL.to_vec())
+    }
+
+    pub fn contains(&self, role: Role) -> bool {
+        self.0.contains(&role)
+    }
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+impl FromStr for Roles {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut roles = Vec::new();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let role: Role = name.parse()?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        if roles.is_empty() {
+            return Err("no role given".into());
+        }
+        Ok(Self(roles))
+    }
+}
+
+impl Serialize for Roles {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let names: Vec<&str> = self.0.iter().map(|r| r.as_str()).collect();
+        serializer.serialize_str(&names.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for Roles {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            List(Vec<String>),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => text,
+            Raw::List(list) => list.join(","),
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A secret string: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    // Serialized only to feed figment's defaults layer, never for output.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        lenient_string(deserializer).map(Secret)
+    }
+}
+
+/// Environment values are parsed as TOML-ish values: `DB_PASSWORD=1234` arrives as an integer.
+fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Text(s) => s,
+        Scalar::Int(n) => n.to_string(),
+        Scalar::Uint(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    })
+}
+
+/// `["1m", "5m", "30m"]` <-> `Vec<Duration>` (humantime_serde handles single values only).
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(list.len()))?;
+        for d in list {
+            seq.serialize_element(&humantime::format_duration(*d).to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?
+            .iter()
+            .map(|text| humantime::parse_duration(text).map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}"))))
+            .collect()
+    }
+}
+
+fn encode_component(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A setting that cannot be used: one line that names the key (and the variable that set it).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{key}`{source_hint}: {reason}")]
+pub struct SettingsError {
+    pub key: String,
+    source_hint: String,
+    pub reason: String,
+}
+
+impl SettingsError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        let key = key.into();
+        let source_hint = ENV_KEYS
+            .iter()
+            .find(|(var, path)| *path == key && std::env::var_os(var).is_some())
+            .map(|(var, _)| format!(" (from {var})"))
+            .unwrap_or_default();
+        Self {
+            key,
+            source_hint,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads every layer. `config_dir` holds `default.toml` and `{APP_ENV}.toml`.
+    pub fn load(
+        config_dir: &std::path::Path,
+        extra_file: Option<&std::path::Path>,
+    ) -> Result<Self, SettingsError> {
+        let env = std::env::var("APP_ENV").unwrap_or_else(|_| "local".into());
+        if let Some(file) = extra_file
+            && !file.is_file()
+        {
+            return Err(SettingsError::new(
+                "--config",
+                format!("{} does not exist or is not a file", file.display()),
+            ));
+        }
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(config_dir.join("default.toml")))
+            .merge(Toml::file(config_dir.join(format!("{env}.toml"))));
+        if let Some(file) = extra_file {
+            figment = figment.merge(Toml::file(file));
+        }
+        let seed_env = Env::raw()
+            .only(&ENV_KEYS.iter().map(|(var, _)| *var).collect::<Vec<_>>())
+            .map(|var| {
+                let path = ENV_KEYS
+                    .iter()
+                    .find(|(name, _)| var == *name)
+                    .map_or("", |(_, path)| path);
+                path.into()
+            });
+        figment = figment
+            .merge(seed_env)
+            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let settings: Settings = figment.extract().map_err(|err| {
+            let key = err.path.join(".");
+            let reason = err.kind.to_string();
+            SettingsError::new(if key.is_empty() { "config".into() } else { key }, reason)
+        })?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Rules serde cannot express.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if self.database.connection != "mysql" {
+            return Err(SettingsError::new(
+                "database.connection",
+                format!("`{}` is not supported; use `mysql`", self.database.connection),
+            ));
+        }
+        if self.retry.backoff.is_empty() {
+            return Err(SettingsError::new("retry.backoff", "needs at least one delay"));
+        }
+        if self.retry.scan_interval.is_zero() {
+            return Err(SettingsError::new("retry.scan_interval", "must be more than 0"));
+        }
+        if self.rabbitmq.reconnect_min.is_zero() || self.rabbitmq.reconnect_max < self.rabbitmq.reconnect_min {
+            return Err(SettingsError::new(
+                "rabbitmq.reconnect_max",
+                "must be at least rabbitmq.reconnect_min, which must be more than 0",
+            ));
+        }
+        if self.app.max_body_bytes < 1024 {
+            return Err(SettingsError::new("app.max_body_bytes", "must be at least 1024"));
+        }
+        for (i, client) in self.auth.clients.iter().enumerate() {
+            let key = format!("auth.clients[{i}].token_sha256");
+            if client.token_sha256.len() != 64 || hex::decode(&client.token_sha256).is_err() {
+                return Err(SettingsError::new(key, "must be 64 hex digits (sha-256 of the token)"));
+            }
+            if client.name.trim().is_empty() {
+                return Err(SettingsError::new(format!("auth.clients[{i}].name"), "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Backoff after `MESSAGE_RETRY_DELAY` and `MESSAGE_MAX_RETRIES` are taken into account.
+    pub fn backoff(&self) -> Vec<Duration> {
+        match self.message.retry_delay {
+            Some(first_ms) => [1, 5, 30]
+                .iter()
+                .map(|factor| Duration::from_millis(first_ms.saturating_mul(*factor)))
+                .collect(),
+            None => self.retry.backoff.clone(),
+        }
+    }
+
+    pub fn max_retries(&self) -> u32 {
+        self.message.max_retries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_redacted_in_debug() {
+        let settings = Settings::default();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("messages_broker_password"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn roles_parse_from_comma_separated_text() {
+        let roles: Roles = "api, stats,api".parse().unwrap();
+        assert_eq!(roles.0, vec![Role::Api, Role::Stats]);
+        assert!("api,bogus".parse::<Roles>().unwrap_err().contains("bogus"));
+        assert!("".parse::<Roles>().is_err());
+    }
+
+    #[test]
+    fn retry_delay_sets_the_first_step_and_keeps_the_ratio() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.backoff(), vec![Duration::from_secs(60), Duration::from_secs(300), Duration::from_secs(1800)]);
+        settings.message.retry_delay = Some(1000);
+        assert_eq!(settings.backoff(), vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)]);
+    }
+
+    #[test]
+    fn amqp_uri_encodes_the_vhost_and_credentials() {
+        let mut rabbit = RabbitMqSettings::default();
+        rabbit.password = Secret::new("p@ss/word");
+        assert_eq!(
+            rabbit.amqp_uri(),
+            "amqp://guest:p%40ss%2Fword@127.0.0.1:5672/%2F?heartbeat=10&connection_timeout=5000"
+        );
+        assert_eq!(rabbit.display_uri(), "amqp://guest@127.0.0.1:5672/%2F");
+    }
+
+    #[test]
+    fn a_bad_token_hash_names_its_key() {
+        let mut settings = Settings::default();
+        settings.auth.clients.push(ClientSettings {
+            name: "x".into(),
+            token_sha256: "abc".into(),
+            scopes: vec![Scope::Read],
+            exchanges: None,
+        });
+        let err = settings.check().unwrap_err();
+        assert_eq!(err.key, "auth.clients[0].token_sha256");
+    }
+}

@@ -1,0 +1,278 @@
+//! Declares a resolved [`Topology`] on the broker: exchanges, then queues, then bindings.
+//!
+//! Each entity is first checked passively so the report can say "created" or "exists". A
+//! declaration that fails (e.g. PRECONDITION_FAILED for a queue that exists with other arguments)
+//! closes its channel: we note it, open a fresh channel and go on with the rest.
+
+use std::{fmt, time::Duration};
+
+use lapin::{
+    Channel, Connection, ExchangeKind as LapinKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use super::model::{ArgValue, Binding, Exchange, ExchangeKind, Queue, Topology};
+
+/// Bound on each declaration: a broker under an alarm can stall a channel forever.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityKind {
+    Exchange,
+    Queue,
+    Binding,
+}
+
+impl fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Exchange => "exchange",
+            Self::Queue => "queue",
+            Self::Binding => "binding",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    /// Already there with the same definition (bindings are idempotent and always say this).
+    Exists,
+    /// Refused by the broker; the reason is its reply text (it names the differing argument).
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Declared {
+    pub kind: EntityKind,
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+impl fmt::Display for Declared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Outcome::Created => write!(f, "created  {} {}", self.kind, self.name),
+            Outcome::Exists => write!(f, "ok       {} {}", self.kind, self.name),
+            Outcome::Failed(reason) => write!(f, "FAILED   {} {}: {reason}", self.kind, self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeclareReport {
+    pub items: Vec<Declared>,
+}
+
+impl DeclareReport {
+    pub fn failures(&self) -> impl Iterator<Item = &Declared> {
+        self.items.iter().filter(|d| matches!(d.outcome, Outcome::Failed(_)))
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.failures().next().is_none()
+    }
+
+    pub fn created(&self) -> usize {
+        self.items.iter().filter(|d| d.outcome == Outcome::Created).count()
+    }
+}
+
+/// Declares everything; broker refusals end up in the report, only a dead connection is an `Err`.
+pub async fn declare(connection: &Connection, topology: &Topology) -> lapin::Result<DeclareReport> {
+    let mut declarer = Declarer {
+        connection,
+        channel: connection.create_channel().await?,
+        report: DeclareReport::default(),
+    };
+    for exchange in &topology.exchanges {
+        declarer.exchange(exchange).await?;
+    }
+    for queue in &topology.queues {
+        declarer.queue(queue).await?;
+    }
+    for binding in &topology.bindings {
+        declarer.binding(binding).await?;
+    }
+    let _ = declarer.channel.close(200, "topology declared".into()).await;
+    Ok(declarer.report)
+}
+
+/// Checks that every exchange and queue exists, without changing anything (roles that do not
+/// own the topology use this to know it is there).
+pub async fn verify(connection: &Connection, topology: &Topology) -> lapin::Result<DeclareReport> {
+    let mut declarer = Declarer {
+        connection,
+        channel: connection.create_channel().await?,
+        report: DeclareReport::default(),
+    };
+    for exchange in &topology.exchanges {
+        let exists = declarer.exchange_exists(exchange).await?;
+        declarer.record(EntityKind::Exchange, &exchange.name, existence(exchange.name.as_str(), exists));
+    }
+    for queue in &topology.queues {
+        let exists = declarer.queue_exists(&queue.name).await?;
+        declarer.record(EntityKind::Queue, &queue.name, existence(queue.name.as_str(), exists));
+    }
+    let _ = declarer.channel.close(200, "topology verified".into()).await;
+    Ok(declarer.report)
+}
+
+fn existence(_name: &str, exists: bool) -> Outcome {
+    if exists {
+        Outcome::Exists
+    } else {
+        Outcome::Failed("does not exist (is an applier running?)".into())
+    }
+}
+
+struct Declarer<'a> {
+    connection: &'a Connection,
+    /// Replaced after every refusal, since the broker closes a channel on a soft error.
+    channel: Channel,
+    report: DeclareReport,
+}
+
+impl Declarer<'_> {
+    fn record(&mut self, kind: EntityKind, name: &str, outcome: Outcome) {
+        self.report.items.push(Declared {
+            kind,
+            name: name.to_owned(),
+            outcome,
+        });
+    }
+
+    /// Runs one broker call; a refusal becomes `Err(reason)` after the channel is replaced.
+    async fn attempt<T>(
+        &mut self,
+        call: impl Future<Output = lapin::Result<T>>,
+    ) -> lapin::Result<Result<T, String>> {
+        let result = match tokio::time::timeout(STEP_TIMEOUT, call).await {
+            Ok(result) => result,
+            Err(_) => return Err(timeout_error()),
+        };
+        match result {
+            Ok(value) => Ok(Ok(value)),
+            Err(err) if err.is_amqp_soft_error() => {
+                self.channel = self.connection.create_channel().await?;
+                Ok(Err(err.to_string()))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn exchange_exists(&mut self, exchange: &Exchange) -> lapin::Result<bool> {
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let channel = self.channel.clone();
+        let call = channel.exchange_declare(
+            exchange.name.as_str().into(),
+            lapin_kind(exchange.kind),
+            options,
+            FieldTable::default(),
+        );
+        Ok(self.attempt(call).await?.is_ok())
+    }
+
+    async fn queue_exists(&mut self, name: &str) -> lapin::Result<bool> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let channel = self.channel.clone();
+        let call = channel.queue_declare(name.into(), options, FieldTable::default());
+        Ok(self.attempt(call).await?.is_ok())
+    }
+
+    async fn exchange(&mut self, exchange: &Exchange) -> lapin::Result<()> {
+        let existed = self.exchange_exists(exchange).await?;
+        let options = ExchangeDeclareOptions {
+            passive: false,
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+            internal: exchange.internal,
+            nowait: false,
+        };
+        let channel = self.channel.clone();
+        let call = channel.exchange_declare(
+            exchange.name.as_str().into(),
+            lapin_kind(exchange.kind),
+            options,
+            FieldTable::default(),
+        );
+        let outcome = outcome(self.attempt(call).await?, existed);
+        self.record(EntityKind::Exchange, &exchange.name, outcome);
+        Ok(())
+    }
+
+    async fn queue(&mut self, queue: &Queue) -> lapin::Result<()> {
+        let existed = self.queue_exists(&queue.name).await?;
+        let options = QueueDeclareOptions {
+            passive: false,
+            durable: queue.durable,
+            exclusive: false,
+            auto_delete: queue.auto_delete,
+            nowait: false,
+        };
+        let channel = self.channel.clone();
+        let call = channel.queue_declare(queue.name.as_str().into(), options, arguments(queue));
+        let outcome = outcome(self.attempt(call).await?.map(|_| ()), existed);
+        self.record(EntityKind::Queue, &queue.name, outcome);
+        Ok(())
+    }
+
+    async fn binding(&mut self, binding: &Binding) -> lapin::Result<()> {
+        let channel = self.channel.clone();
+        let call = channel.queue_bind(
+            binding.queue.as_str().into(),
+            binding.exchange.as_str().into(),
+            binding.routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        let outcome = outcome(self.attempt(call).await?, true);
+        let name = format!("{} -> {} ({:?})", binding.exchange, binding.queue, binding.routing_key);
+        self.record(EntityKind::Binding, &name, outcome);
+        Ok(())
+    }
+}
+
+fn outcome(result: Result<(), String>, existed: bool) -> Outcome {
+    match result {
+        Ok(()) if existed => Outcome::Exists,
+        Ok(()) => Outcome::Created,
+        Err(reason) => Outcome::Failed(reason),
+    }
+}
+
+fn timeout_error() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "topology declaration timed out",
+    ))))
+}
+
+fn lapin_kind(kind: ExchangeKind) -> LapinKind {
+    match kind {
+        ExchangeKind::Direct => LapinKind::Direct,
+        ExchangeKind::Topic => LapinKind::Topic,
+        ExchangeKind::Fanout => LapinKind::Fanout,
+        ExchangeKind::Headers => LapinKind::Headers,
+    }
+}
+
+/// The queue's `x-` arguments as an AMQP table.
+pub fn arguments(queue: &Queue) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in queue.arguments() {
+        let value = match value {
+            ArgValue::Int(n) => AMQPValue::LongLongInt(n),
+            ArgValue::Str(s) => AMQPValue::LongString(LongString::from(s)),
+        };
+        table.insert(name.into(), value);
+    }
+    table
+}

@@ -1,0 +1,313 @@
+//! The topology as written in `topology.toml` (raw, serde) and as resolved after validation.
+//!
+//! Raw types keep enums and numbers loose (`String`, `i64`) on purpose: a bad exchange type or a
+//! negative limit becomes one entry of the validation report, with its path, instead of a serde
+//! error that would hide every other problem in the file.
+
+use serde::{Deserialize, Serialize};
+
+/// The file, exactly as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    /// Standard queue parameters; each queue may override any of them.
+    #[serde(default)]
+    pub queue_defaults: QueueDefaults,
+    /// How dead-letter queues are derived: one per queue that has a dead-letter exchange.
+    pub dead_letter_queues: Option<DeadLetterQueuesSpec>,
+    #[serde(default)]
+    pub exchanges: Vec<ExchangeSpec>,
+    #[serde(default)]
+    pub queues: Vec<QueueSpec>,
+    #[serde(default)]
+    pub bindings: Vec<BindingSpec>,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDefaults {
+    #[serde(default = "yes")]
+    pub durable: bool,
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<i64>,
+    /// `x-max-length`, messages.
+    pub max_length: Option<i64>,
+    /// `x-overflow`: `drop-head`, `reject-publish` or `reject-publish-dlx`.
+    pub overflow: Option<String>,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-queue-type`: `classic` or `quorum`.
+    #[serde(rename = "type")]
+    pub queue_type: Option<String>,
+}
+
+impl Default for QueueDefaults {
+    fn default() -> Self {
+        Self {
+            durable: true,
+            auto_delete: false,
+            message_ttl: None,
+            max_length: None,
+            overflow: None,
+            dead_letter_exchange: None,
+            queue_type: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQueuesSpec {
+    /// Appended to the source queue's name: `orders_queue` -> `orders_queue.dlq`.
+    #[serde(default = "default_dlq_suffix")]
+    pub suffix: String,
+    /// `x-message-ttl` of every dead-letter queue, milliseconds (7 days in the seed).
+    pub message_ttl: Option<i64>,
+    #[serde(default = "yes")]
+    pub durable: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeSpec {
+    pub name: String,
+    /// `direct`, `topic`, `fanout` or `headers`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default = "yes")]
+    pub durable: bool,
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Publishing through the REST API is refused for internal exchanges (the dead-letter one).
+    #[serde(default)]
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    pub name: String,
+    pub durable: Option<bool>,
+    pub auto_delete: Option<bool>,
+    pub message_ttl: Option<i64>,
+    pub max_length: Option<i64>,
+    pub overflow: Option<String>,
+    /// Overrides the default; `""` turns dead-lettering off for this queue.
+    pub dead_letter_exchange: Option<String>,
+    #[serde(rename = "type")]
+    pub queue_type: Option<String>,
+    /// `x-max-priority` (classic queues only), 1..=255.
+    pub max_priority: Option<i64>,
+    /// `x-delivery-limit` (quorum queues only).
+    pub delivery_limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingSpec {
+    pub exchange: String,
+    pub queue: String,
+    /// Ignored by fanout exchanges; defaults to `""`.
+    #[serde(default)]
+    pub routing_key: String,
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once. Keyed by exchange, by client, or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub exchange: Option<String>,
+    pub client: Option<String>,
+    pub per_second: i64,
+    pub burst: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_dlq_suffix() -> String {
+    ".dlq".to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolved topology: defaults applied, dead-letter queues expanded, every name checked.
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    pub exchanges: Vec<Exchange>,
+    /// Service queues first, in file order, then the derived dead-letter queues.
+    pub queues: Vec<Queue>,
+    /// File bindings, then one binding per dead-letter queue.
+    pub bindings: Vec<Binding>,
+    pub rate_limits: Vec<RateLimit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeKind {
+    Direct,
+    Topic,
+    Fanout,
+    Headers,
+}
+
+impl ExchangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Topic => "topic",
+            Self::Fanout => "fanout",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exchange {
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    DropHead,
+    RejectPublish,
+    RejectPublishDlx,
+}
+
+impl Overflow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DropHead => "drop-head",
+            Self::RejectPublish => "reject-publish",
+            Self::RejectPublishDlx => "reject-publish-dlx",
+        }
+    }
+}
+
+/// What a queue is for: the ingester consumes the dead-letter ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum QueueRole {
+    Service,
+    DeadLetter { source_queue: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Queue {
+    pub name: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub queue_type: QueueType,
+    pub message_ttl: Option<u32>,
+    pub max_length: Option<u32>,
+    pub overflow: Option<Overflow>,
+    /// With it, `x-dead-letter-routing-key` is the queue's own name so the DLX routes to its DLQ.
+    pub dead_letter_exchange: Option<String>,
+    pub max_priority: Option<u8>,
+    pub delivery_limit: Option<u32>,
+    pub role: QueueRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    pub exchange: Option<String>,
+    pub client: Option<String>,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// One queue argument, in the broker's own words (`x-...`), as both AMQP and the management API
+/// see it. Shared by `declare` (to build the FieldTable) and `diff` (to compare with live).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgValue {
+    Int(i64),
+    Str(String),
+}
+
+impl Queue {
+    /// The `x-` arguments this queue is declared with, sorted by name.
+    pub fn arguments(&self) -> Vec<(&'static str, ArgValue)> {
+        let mut args = Vec::new();
+        if let Some(dlx) = &self.dead_letter_exchange {
+            args.push(("x-dead-letter-exchange", ArgValue::Str(dlx.clone())));
+            args.push((
+                "x-dead-letter-routing-key",
+                ArgValue::Str(self.name.clone()),
+            ));
+        }
+        if let Some(limit) = self.delivery_limit {
+            args.push(("x-delivery-limit", ArgValue::Int(limit.into())));
+        }
+        if let Some(len) = self.max_length {
+            args.push(("x-max-length", ArgValue::Int(len.into())));
+        }
+        if let Some(priority) = self.max_priority {
+            args.push(("x-max-priority", ArgValue::Int(priority.into())));
+        }
+        if let Some(ttl) = self.message_ttl {
+            args.push(("x-message-ttl", ArgValue::Int(ttl.into())));
+        }
+        if let Some(overflow) = self.overflow {
+            args.push(("x-overflow", ArgValue::Str(overflow.as_str().to_owned())));
+        }
+        // Classic is the broker's default: naming it would make queues declared without it drift.
+        if self.queue_type == QueueType::Quorum {
+            args.push((
+                "x-queue-type",
+                ArgValue::Str(self.queue_type.as_str().to_owned()),
+            ));
+        }
+        args
+    }
+
+    pub fn is_dead_letter(&self) -> bool {
+        matches!(self.role, QueueRole::DeadLetter { .. })
+    }
+}
+
+impl Topology {
+    pub fn exchange(&self, name: &str) -> Option<&Exchange> {
+        self.exchanges.iter().find(|e| e.name == name)
+    }
+
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    pub fn dead_letter_queues(&self) -> impl Iterator<Item = &Queue> {
+        self.queues.iter().filter(|q| q.is_dead_letter())
+    }
+}

@@ -1,0 +1,100 @@
+//! The applier role: declares the topology on every new connection and publishes the outcome on
+//! a `watch`, so readiness (and consumers) know the exchanges and queues are there.
+//! Processes without the role run the same loop in `Verify` mode: they check, never declare.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    amqp::connection::{Link, LinkReceiver, wait_for_link},
+    metrics::Metrics,
+    topology::{Topology, declare},
+};
+
+/// How often a topology that the broker refused is tried again (an operator may fix it live).
+const RETRY_FAILED_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologyState {
+    /// No connection yet, or declaring on a new one.
+    Pending,
+    /// Every exchange, queue and binding is in place on this connection generation.
+    Applied { generation: u64 },
+    /// The broker refused part of it; each problem names the entity and the broker's reason.
+    Failed { generation: u64, problems: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Declare,
+    Verify,
+}
+
+pub fn state_channel() -> (watch::Sender<TopologyState>, watch::Receiver<TopologyState>) {
+    watch::channel(TopologyState::Pending)
+}
+
+/// The role's loop: one step per connection generation, again every 30 s while it failed.
+pub async fn run(
+    mode: Mode,
+    topology: Arc<Topology>,
+    mut link: LinkReceiver,
+    state: watch::Sender<TopologyState>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        state.send_replace(TopologyState::Pending);
+        metrics.topology_applied.set(0);
+        let Some(current) = wait_for_link(&mut link, &cancel).await else {
+            return Ok(());
+        };
+        link.mark_unchanged();
+        let outcome = apply(mode, &current, &topology).await;
+        let failed = matches!(outcome, TopologyState::Failed { .. });
+        metrics.topology_applied.set(i64::from(matches!(outcome, TopologyState::Applied { .. })));
+        state.send_replace(outcome);
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            // A new connection (or its loss) means declaring again.
+            _ = link.changed() => {}
+            _ = tokio::time::sleep(RETRY_FAILED_EVERY), if failed => {}
+        }
+    }
+}
+
+/// One step: declare (or verify) on this connection and say how it went.
+pub async fn apply(mode: Mode, link: &Link, topology: &Topology) -> TopologyState {
+    let result = match mode {
+        Mode::Declare => declare::declare(&link.connection, topology).await,
+        Mode::Verify => declare::verify(&link.connection, topology).await,
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            warn!(error = %err, "Connection lost while applying the topology; will apply again on the next one.");
+            return TopologyState::Pending;
+        }
+    };
+    let problems: Vec<String> = report.failures().map(ToString::to_string).collect();
+    if problems.is_empty() {
+        info!(
+            generation = link.generation,
+            mode = ?mode,
+            created = report.created(),
+            entities = report.items.len(),
+            "Topology applied."
+        );
+        TopologyState::Applied { generation: link.generation }
+    } else {
+        error!(
+            generation = link.generation,
+            problems = %problems.join("; "),
+            "The broker refused part of the topology; the rest is in place. Fix the broker or topology.toml (see `messages-broker topology diff`)."
+        );
+        TopologyState::Failed { generation: link.generation, problems }
+    }
+}

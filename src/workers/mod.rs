@@ -1,0 +1,148 @@
+//! Roles and their supervisor. Each role is a named, supervised task: a failure or a panic is
+//! logged with its reason and the role restarts with backoff; cancellation stops it for good.
+
+pub mod applier;
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    future::Future,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::{backoff::Backoff, metrics::Metrics};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Declares the topology on start and after every reconnect.
+    Applier,
+    /// The REST API, including the rate-limited publish endpoint.
+    Api,
+    /// Dead-letter queues -> `failed_messages`.
+    Ingester,
+    /// Republishes due failed messages with backoff.
+    Retrier,
+    /// Polls queue depth, consumers and rates for the API and Prometheus.
+    Stats,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Applier, Role::Api, Role::Ingester, Role::Retrier, Role::Stats];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applier => "applier",
+            Self::Api => "api",
+            Self::Ingester => "ingester",
+            Self::Retrier => "retrier",
+            Self::Stats => "stats",
+        }
+    }
+
+    /// Roles that read or write MySQL; a process without any of them needs no database.
+    pub fn needs_database(self) -> bool {
+        !matches!(self, Self::Applier)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role `{s}` (expected one of: applier, api, ingester, retrier, stats)"))
+    }
+}
+
+/// Spawns named tasks, restarts failed ones and knows who is still running at shutdown.
+#[derive(Clone)]
+pub struct Supervisor {
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    /// Names of the tasks still running, to name the laggards when a shutdown deadline passes.
+    running: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Supervisor {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            metrics,
+            running: Arc::default(),
+        }
+    }
+
+    /// Runs `make()` until `cancel` fires, restarting it with backoff when it fails, panics or
+    /// returns early. `make` builds a fresh future for each run.
+    pub fn spawn_supervised<F, Fut>(&self, name: &str, cancel: CancellationToken, make: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let span = info_span!("task", role = %name);
+        let metrics = self.metrics.clone();
+        let owned = name.to_owned();
+        self.spawn_named(name, async move {
+            let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+            loop {
+                // A nested spawn turns a panic into a JoinError instead of killing the loop.
+                let result = tokio::spawn(make().instrument(tracing::Span::current())).await;
+                if cancel.is_cancelled() {
+                    if let Ok(Err(err)) = &result {
+                        warn!(error = format!("{err:#}"), "Task ended with an error while stopping.");
+                    }
+                    info!("Task stopped.");
+                    return;
+                }
+                let delay = backoff.next_delay();
+                match result {
+                    Ok(Ok(())) => warn!(restart_in = ?delay, "Task returned without being asked to stop; restarting."),
+                    Ok(Err(err)) => error!(error = format!("{err:#}"), restart_in = ?delay, "Task failed; restarting."),
+                    Err(join) => error!(panic = %join, restart_in = ?delay, "Task panicked; restarting."),
+                }
+                metrics.role_restarts_total.with_label_values(&[owned.as_str()]).inc();
+                tokio::select! {
+                    _ = cancel.cancelled() => { info!("Task stopped."); return; }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        .instrument(span));
+    }
+
+    /// Spawns a tracked task whose name is listed while it runs.
+    pub fn spawn_named<Fut>(&self, name: &str, future: Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let running = self.running.clone();
+        let name = name.to_owned();
+        running.lock().expect("running set poisoned").insert(name.clone());
+        self.tracker.spawn(async move {
+            future.await;
+            running.lock().expect("running set poisoned").remove(&name);
+        });
+    }
+
+    /// Waits for every task to end, up to `deadline`. Returns the names of those still running.
+    pub async fn wait(&self, deadline: Duration) -> Result<(), Vec<String>> {
+        self.tracker.close();
+        match tokio::time::timeout(deadline, self.tracker.wait()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.running.lock().expect("running set poisoned").iter().cloned().collect()),
+        }
+    }
+}

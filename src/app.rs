@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    amqp::connection::{self, LinkReceiver},
+    amqp::{
+        connection::{self, LinkReceiver},
+        management::ManagementClient,
+    },
     backoff::Backoff,
     http::{self, AppState, auth::Clients},
     metrics::Metrics,
@@ -60,7 +63,11 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let topology = load_topology(&settings).map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("invalid topology {}:\n  {}", settings.app.topology_file.display(), lines.join("\n  "))
+            anyhow::anyhow!(
+                "invalid topology {}:\n  {}",
+                settings.app.topology_file.display(),
+                lines.join("\n  ")
+            )
         })?;
         Self::build_with(settings, topology).await
     }
@@ -71,7 +78,10 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         for queue in &topology.queues {
             if let Some(max) = queue.max_length {
-                metrics.queue_max_length.with_label_values(&[queue.name.as_str()]).set(max.into());
+                metrics
+                    .queue_max_length
+                    .with_label_values(&[queue.name.as_str()])
+                    .set(max.into());
             }
         }
         let roles = &settings.app.roles;
@@ -91,7 +101,13 @@ impl App {
         );
         infra.spawn_named(
             "amqp-connection",
-            connection::run_connection(settings.rabbitmq.clone(), name, metrics.clone(), link_tx, infra_cancel.clone()),
+            connection::run_connection(
+                settings.rabbitmq.clone(),
+                name,
+                metrics.clone(),
+                link_tx,
+                infra_cancel.clone(),
+            ),
         );
 
         // The database: lazy pool, migrations in the background until they succeed.
@@ -99,22 +115,38 @@ impl App {
         let pool = needs_db.then(|| store::pool(&settings.database));
         let (migrated_tx, migrated_rx) = watch::channel(!settings.database.migrate_on_start);
         if let (Some(pool), true) = (&pool, settings.database.migrate_on_start) {
-            infra.spawn_named("migrator", run_migrations(pool.clone(), migrated_tx, infra_cancel.clone()));
+            infra.spawn_named(
+                "migrator",
+                run_migrations(pool.clone(), migrated_tx, infra_cancel.clone()),
+            );
         }
 
         // The topology: declared by the applier, verified by processes without it.
         let (topology_tx, topology_rx) = applier::state_channel();
-        let topology_tx = Arc::new(topology_tx);
         let (task, mode) = if roles.contains(Role::Applier) {
             ("applier", Mode::Declare)
         } else {
             ("topology-verifier", Mode::Verify)
         };
         {
-            let (topology, link, metrics, cancel, tx) =
-                (topology.clone(), link_rx.clone(), metrics.clone(), front_cancel.clone(), topology_tx.clone());
+            let (topology, link, metrics, cancel, tx) = (
+                topology.clone(),
+                link_rx.clone(),
+                metrics.clone(),
+                front_cancel.clone(),
+                topology_tx.clone(),
+            );
+            let management = ManagementClient::new(&settings.rabbitmq);
             front.spawn_supervised(task, front_cancel.clone(), move || {
-                applier::run(mode, topology.clone(), link.clone(), tx.as_ref().clone(), metrics.clone(), cancel.clone())
+                applier::run(
+                    mode,
+                    topology.clone(),
+                    management.clone(),
+                    link.clone(),
+                    tx.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                )
             });
         }
         for role in [Role::Ingester, Role::Retrier, Role::Stats] {
@@ -149,7 +181,15 @@ impl App {
             }
         });
         info!(%addr, roles = ?settings.app.roles.0, "messages-broker started.");
-        Ok(Self { addr, state, front, infra, front_cancel, infra_cancel, fatal })
+        Ok(Self {
+            addr,
+            state,
+            front,
+            infra,
+            front_cancel,
+            infra_cancel,
+            fatal,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -164,7 +204,10 @@ impl App {
         }
         let deadline = self.state.settings.app.shutdown_timeout;
         self.shutdown(deadline).await.map_err(|laggards| {
-            anyhow::anyhow!("shutdown deadline of {deadline:?} passed; still running: {}", laggards.join(", "))
+            anyhow::anyhow!(
+                "shutdown deadline of {deadline:?} passed; still running: {}",
+                laggards.join(", ")
+            )
         })
     }
 

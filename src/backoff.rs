@@ -43,7 +43,11 @@ mod tests {
         for upper in bounds {
             let d = b.next_delay();
             let upper = Duration::from_millis(upper);
-            assert!(d <= upper && d >= upper / 2, "{d:?} not within [{:?}, {upper:?}]", upper / 2);
+            assert!(
+                d <= upper && d >= upper / 2,
+                "{d:?} not within [{:?}, {upper:?}]",
+                upper / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

@@ -10,8 +10,7 @@ use messages_broker::{
     amqp::{connection, management::ManagementClient},
     app::{self, App},
     settings::{Roles, Settings},
-    store,
-    telemetry,
+    store, telemetry,
     topology::{self, declare, diff},
 };
 
@@ -28,7 +27,13 @@ struct Cli {
     #[arg(long, global = true, env = "CONFIG_FILE", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Directory holding default.toml and {APP_ENV}.toml.
-    #[arg(long, global = true, env = "CONFIG_DIR", default_value = "config", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONFIG_DIR",
+        default_value = "config",
+        value_name = "DIR"
+    )]
     config_dir: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -155,11 +160,14 @@ async fn apply(settings: Settings) -> ExitCode {
     let conn = match connection::connect(&settings.rabbitmq, "messages-broker topology apply").await {
         Ok(conn) => conn,
         Err(err) => {
-            eprintln!("error: cannot connect to RabbitMQ at {}: {err}", settings.rabbitmq.display_uri());
+            eprintln!(
+                "error: cannot connect to RabbitMQ at {}: {err}",
+                settings.rabbitmq.display_uri()
+            );
             return ExitCode::from(3);
         }
     };
-    let result = declare::declare(&conn, &topology).await;
+    let result = declare::declare(&conn, &topology, declare::Probe::Existence).await;
     let _ = conn.close(200, "done".into()).await;
     match result {
         Ok(report) => {
@@ -167,8 +175,16 @@ async fn apply(settings: Settings) -> ExitCode {
                 println!("{item}");
             }
             let failed = report.failures().count();
-            println!("{} created, {} already present, {failed} failed", report.created(), report.items.len() - report.created() - failed);
-            if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            println!(
+                "{} created, {} already present, {failed} failed",
+                report.created(),
+                report.items.len() - report.created() - failed
+            );
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(err) => {
             eprintln!("error: the connection failed while declaring: {err}");

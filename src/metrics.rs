@@ -2,8 +2,7 @@
 //! One registry per [`Metrics`] so that several apps in one test process do not collide.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const PREFIX: &str = "messages_broker";
@@ -45,25 +44,84 @@ impl Metrics {
         let registry = Registry::new();
         let opts = |name: &str, help: &str| Opts::new(name, help).namespace(PREFIX);
         let m = Self {
-            amqp_connected: IntGauge::with_opts(opts("amqp_connected", "1 while the AMQP connection is open, 0 otherwise.")).unwrap(),
-            amqp_reconnects_total: IntCounter::with_opts(opts("amqp_reconnects_total", "AMQP connections lost and re-established since start.")).unwrap(),
-            topology_applied: IntGauge::with_opts(opts("topology_applied", "1 once the topology is declared (or verified) on the current connection.")).unwrap(),
-            published_total: IntCounterVec::new(opts("published_total", "Publishes through the API, by exchange and outcome."), &["exchange", "outcome"]).unwrap(),
-            publish_duration_seconds: Histogram::with_opts(
-                HistogramOpts::new("publish_duration_seconds", "Time from request to broker confirm, seconds.")
-                    .namespace(PREFIX)
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            amqp_connected: IntGauge::with_opts(opts(
+                "amqp_connected",
+                "1 while the AMQP connection is open, 0 otherwise.",
+            ))
+            .unwrap(),
+            amqp_reconnects_total: IntCounter::with_opts(opts(
+                "amqp_reconnects_total",
+                "AMQP connections lost and re-established since start.",
+            ))
+            .unwrap(),
+            topology_applied: IntGauge::with_opts(opts(
+                "topology_applied",
+                "1 once the topology is declared (or verified) on the current connection.",
+            ))
+            .unwrap(),
+            published_total: IntCounterVec::new(
+                opts("published_total", "Publishes through the API, by exchange and outcome."),
+                &["exchange", "outcome"],
             )
             .unwrap(),
-            queue_messages: IntGaugeVec::new(opts("queue_messages", "Messages in the queue (ready + unacked)."), &["queue"]).unwrap(),
-            queue_messages_unacked: IntGaugeVec::new(opts("queue_messages_unacked", "Messages delivered and not yet acknowledged."), &["queue"]).unwrap(),
+            publish_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "publish_duration_seconds",
+                    "Time from request to broker confirm, seconds.",
+                )
+                .namespace(PREFIX)
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )
+            .unwrap(),
+            queue_messages: IntGaugeVec::new(
+                opts("queue_messages", "Messages in the queue (ready + unacked)."),
+                &["queue"],
+            )
+            .unwrap(),
+            queue_messages_unacked: IntGaugeVec::new(
+                opts("queue_messages_unacked", "Messages delivered and not yet acknowledged."),
+                &["queue"],
+            )
+            .unwrap(),
             queue_consumers: IntGaugeVec::new(opts("queue_consumers", "Consumers of the queue."), &["queue"]).unwrap(),
-            queue_max_length: IntGaugeVec::new(opts("queue_max_length", "Capacity of the queue from the topology (x-max-length)."), &["queue"]).unwrap(),
-            failed_messages: IntGaugeVec::new(opts("failed_messages", "Failed messages in the database, by status."), &["status"]).unwrap(),
-            dead_letters_ingested_total: IntCounterVec::new(opts("dead_letters_ingested_total", "Dead letters stored in failed_messages, by dead-letter queue."), &["queue"]).unwrap(),
-            retries_total: IntCounterVec::new(opts("retries_total", "Retries of failed messages, by outcome."), &["outcome"]).unwrap(),
-            rate_limited_total: IntCounterVec::new(opts("rate_limited_total", "Publishes refused by a rate limit, by client."), &["client"]).unwrap(),
-            role_restarts_total: IntCounterVec::new(opts("role_restarts_total", "Role restarts after a failure, by role."), &["role"]).unwrap(),
+            queue_max_length: IntGaugeVec::new(
+                opts(
+                    "queue_max_length",
+                    "Capacity of the queue from the topology (x-max-length).",
+                ),
+                &["queue"],
+            )
+            .unwrap(),
+            failed_messages: IntGaugeVec::new(
+                opts("failed_messages", "Failed messages in the database, by status."),
+                &["status"],
+            )
+            .unwrap(),
+            dead_letters_ingested_total: IntCounterVec::new(
+                opts(
+                    "dead_letters_ingested_total",
+                    "Dead letters stored in failed_messages, by dead-letter queue.",
+                ),
+                &["queue"],
+            )
+            .unwrap(),
+            retries_total: IntCounterVec::new(
+                opts("retries_total", "Retries of failed messages, by outcome."),
+                &["outcome"],
+            )
+            .unwrap(),
+            rate_limited_total: IntCounterVec::new(
+                opts("rate_limited_total", "Publishes refused by a rate limit, by client."),
+                &["client"],
+            )
+            .unwrap(),
+            role_restarts_total: IntCounterVec::new(
+                opts("role_restarts_total", "Role restarts after a failure, by role."),
+                &["role"],
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();

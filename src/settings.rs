@@ -424,7 +424,8 @@ mod duration_list {
     }
 }
 
-fn encode_component(raw: &str) -> String {
+/// Percent-encodes everything but unreserved characters (URI userinfo, vhost, path segments).
+pub fn encode_component(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for b in raw.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -463,10 +464,7 @@ impl SettingsError {
 
 impl Settings {
     /// Reads every layer. `config_dir` holds `default.toml` and `{APP_ENV}.toml`.
-    pub fn load(
-        config_dir: &std::path::Path,
-        extra_file: Option<&std::path::Path>,
-    ) -> Result<Self, SettingsError> {
+    pub fn load(config_dir: &std::path::Path, extra_file: Option<&std::path::Path>) -> Result<Self, SettingsError> {
         let env = std::env::var("APP_ENV").unwrap_or_else(|_| "local".into());
         if let Some(file) = extra_file
             && !file.is_file()
@@ -491,9 +489,7 @@ impl Settings {
                     .map_or("", |(_, path)| path);
                 path.into()
             });
-        figment = figment
-            .merge(seed_env)
-            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment = figment.merge(seed_env).merge(Env::prefixed(ENV_PREFIX).split("__"));
         let settings: Settings = figment.extract().map_err(|err| {
             let key = err.path.join(".");
             let reason = err.kind.to_string();
@@ -532,7 +528,10 @@ impl Settings {
                 return Err(SettingsError::new(key, "must be 64 hex digits (sha-256 of the token)"));
             }
             if client.name.trim().is_empty() {
-                return Err(SettingsError::new(format!("auth.clients[{i}].name"), "must not be empty"));
+                return Err(SettingsError::new(
+                    format!("auth.clients[{i}].name"),
+                    "must not be empty",
+                ));
             }
         }
         Ok(())
@@ -577,15 +576,27 @@ mod tests {
     #[test]
     fn retry_delay_sets_the_first_step_and_keeps_the_ratio() {
         let mut settings = Settings::default();
-        assert_eq!(settings.backoff(), vec![Duration::from_secs(60), Duration::from_secs(300), Duration::from_secs(1800)]);
+        assert_eq!(
+            settings.backoff(),
+            vec![
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+                Duration::from_secs(1800)
+            ]
+        );
         settings.message.retry_delay = Some(1000);
-        assert_eq!(settings.backoff(), vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)]);
+        assert_eq!(
+            settings.backoff(),
+            vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)]
+        );
     }
 
     #[test]
     fn amqp_uri_encodes_the_vhost_and_credentials() {
-        let mut rabbit = RabbitMqSettings::default();
-        rabbit.password = Secret::new("p@ss/word");
+        let rabbit = RabbitMqSettings {
+            password: Secret::new("p@ss/word"),
+            ..Default::default()
+        };
         assert_eq!(
             rabbit.amqp_uri(),
             "amqp://guest:p%40ss%2Fword@127.0.0.1:5672/%2F?heartbeat=10&connection_timeout=5000"

@@ -125,6 +125,9 @@ async fn wait_until_closed(connection: &Connection) -> String {
     loop {
         tokio::select! {
             event = events.next() => match event {
+                // Soft errors close one channel (a passive declare of a missing queue); the
+                // connection lives on and their owner handles them.
+                Some(Event::Error(err)) if err.is_amqp_soft_error() => debug!(error = %err, "Channel-level error."),
                 Some(Event::Error(err)) => return err.to_string(),
                 Some(Event::ConnectionBlocked(reason)) => warn!(%reason, "RabbitMQ blocked this connection (resource alarm); publishes will wait."),
                 Some(Event::ConnectionUnblocked) => info!("RabbitMQ unblocked this connection."),

@@ -125,7 +125,10 @@ impl ManagementClient {
             .basic_auth(&self.user, Some(&self.password))
             .send()
             .await
-            .map_err(|source| ManagementError::Unreachable { url: url.to_owned(), source })?;
+            .map_err(|source| ManagementError::Unreachable {
+                url: url.to_owned(),
+                source,
+            })?;
         if !response.status().is_success() {
             return Err(ManagementError::Status {
                 url: url.to_owned(),
@@ -162,7 +165,8 @@ impl ManagementClient {
     }
 
     pub async fn queue(&self, name: &str) -> Result<QueueInfo, ManagementError> {
-        self.get(&format!("/api/queues/{}/{}", self.vhost, encode_path_segment(name))).await
+        self.get(&format!("/api/queues/{}/{}", self.vhost, encode_path_segment(name)))
+            .await
     }
 
     pub async fn bindings(&self) -> Result<Vec<BindingInfo>, ManagementError> {
@@ -175,27 +179,22 @@ impl ManagementClient {
 
     /// Force-closes a connection (fault injection in tests, operator tooling).
     pub async fn close_connection(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/connections/{}", encode_path_segment(name))).await
+        self.delete(&format!("/api/connections/{}", encode_path_segment(name)))
+            .await
     }
 
     pub async fn delete_queue(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/queues/{}/{}", self.vhost, encode_path_segment(name))).await
+        self.delete(&format!("/api/queues/{}/{}", self.vhost, encode_path_segment(name)))
+            .await
     }
 
     pub async fn delete_exchange(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/exchanges/{}/{}", self.vhost, encode_path_segment(name))).await
+        self.delete(&format!("/api/exchanges/{}/{}", self.vhost, encode_path_segment(name)))
+            .await
     }
 }
 
-/// Percent-encodes everything but unreserved characters, so a name can never escape its segment.
+/// Percent-encoded, so a name can never escape its path segment (`../`, `%00`, `/`).
 pub fn encode_path_segment(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::settings::encode_component(raw)
 }

@@ -38,13 +38,18 @@ impl Client {
             Err(ApiError::forbidden(format!(
                 "Client `{}` lacks the `{}` scope.",
                 self.name,
-                serde_json::to_value(scope).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+                serde_json::to_value(scope)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
             )))
         }
     }
 
     pub fn may_publish_to(&self, exchange: &str) -> bool {
-        self.exchanges.as_ref().is_none_or(|list| list.iter().any(|e| e == exchange))
+        self.exchanges
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|e| e == exchange))
     }
 }
 
@@ -85,7 +90,11 @@ impl Clients {
 }
 
 /// Middleware for every protected route: 401 without a known bearer token.
-pub async fn require_token(State(state): State<AppState>, mut request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -106,7 +115,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        parts.extensions.get::<Arc<Client>>().cloned().map(Caller).ok_or_else(ApiError::unauthorized)
+        parts
+            .extensions
+            .get::<Arc<Client>>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(ApiError::unauthorized)
     }
 }
 

@@ -9,12 +9,7 @@ pub mod topology;
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    middleware,
-    routing::get,
-};
+use axum::{Router, extract::DefaultBodyLimit, middleware, routing::get};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
 

@@ -1,6 +1,11 @@
 //! Liveness, readiness and metrics: open to all, cheap, and served by every process.
 
-use axum::{Json, extract::State, http::{StatusCode, header}, response::IntoResponse};
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
 use serde::Serialize;
 
 use super::AppState;
@@ -15,7 +20,10 @@ pub struct Health {
 /// Liveness: the process answers. Deliberately checks nothing else.
 #[utoipa::path(get, path = "/api/health", tag = "probes", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
-    Json(Health { status: "healthy", service: "messages-broker" })
+    Json(Health {
+        status: "healthy",
+        service: "messages-broker",
+    })
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -41,13 +49,22 @@ pub struct Check {
 
 impl Check {
     fn up(detail: impl Into<String>) -> Self {
-        Self { status: "up", detail: detail.into() }
+        Self {
+            status: "up",
+            detail: detail.into(),
+        }
     }
     fn down(detail: impl Into<String>) -> Self {
-        Self { status: "down", detail: detail.into() }
+        Self {
+            status: "down",
+            detail: detail.into(),
+        }
     }
     fn skipped(detail: impl Into<String>) -> Self {
-        Self { status: "skipped", detail: detail.into() }
+        Self {
+            status: "skipped",
+            detail: detail.into(),
+        }
     }
     fn ok(&self) -> bool {
         self.status != "down"
@@ -79,9 +96,17 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let all_ok = broker.ok() && topology.ok() && database.ok();
     let body = Readiness {
         status: if all_ok { "ready" } else { "not_ready" },
-        checks: Checks { broker, topology, database },
+        checks: Checks {
+            broker,
+            topology,
+            database,
+        },
     };
-    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }
 

@@ -2,7 +2,11 @@
 
 use axum::{Json, extract::State};
 
-use super::{AppState, auth::Caller, error::{ApiError, ErrorBody}};
+use super::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, ErrorBody},
+};
 use crate::{settings::Scope, topology::Topology};
 
 #[utoipa::path(get, path = "/api/topology", tag = "topology", security(("bearer" = [])), responses(

@@ -39,6 +39,8 @@ pub enum Outcome {
     Created,
     /// Already there with the same definition (bindings are idempotent and always say this).
     Exists,
+    /// Declared without asking first whether it existed (the applier's fast path).
+    Declared,
     /// Refused by the broker; the reason is its reply text (it names the differing argument).
     Failed(String),
 }
@@ -55,6 +57,7 @@ impl fmt::Display for Declared {
         match &self.outcome {
             Outcome::Created => write!(f, "created  {} {}", self.kind, self.name),
             Outcome::Exists => write!(f, "ok       {} {}", self.kind, self.name),
+            Outcome::Declared => write!(f, "declared {} {}", self.kind, self.name),
             Outcome::Failed(reason) => write!(f, "FAILED   {} {}: {reason}", self.kind, self.name),
         }
     }
@@ -79,12 +82,22 @@ impl DeclareReport {
     }
 }
 
+/// Whether to ask the broker first if each entity exists, to report "created" vs "ok".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// For `topology apply`: an operator wants to know what changed.
+    Existence,
+    /// For the applier on every reconnect: one round trip per entity, no channel churn.
+    Skip,
+}
+
 /// Declares everything; broker refusals end up in the report, only a dead connection is an `Err`.
-pub async fn declare(connection: &Connection, topology: &Topology) -> lapin::Result<DeclareReport> {
+pub async fn declare(connection: &Connection, topology: &Topology, probe: Probe) -> lapin::Result<DeclareReport> {
     let mut declarer = Declarer {
         connection,
         channel: connection.create_channel().await?,
         report: DeclareReport::default(),
+        probe,
     };
     for exchange in &topology.exchanges {
         declarer.exchange(exchange).await?;
@@ -106,10 +119,15 @@ pub async fn verify(connection: &Connection, topology: &Topology) -> lapin::Resu
         connection,
         channel: connection.create_channel().await?,
         report: DeclareReport::default(),
+        probe: Probe::Existence,
     };
     for exchange in &topology.exchanges {
         let exists = declarer.exchange_exists(exchange).await?;
-        declarer.record(EntityKind::Exchange, &exchange.name, existence(exchange.name.as_str(), exists));
+        declarer.record(
+            EntityKind::Exchange,
+            &exchange.name,
+            existence(exchange.name.as_str(), exists),
+        );
     }
     for queue in &topology.queues {
         let exists = declarer.queue_exists(&queue.name).await?;
@@ -132,6 +150,7 @@ struct Declarer<'a> {
     /// Replaced after every refusal, since the broker closes a channel on a soft error.
     channel: Channel,
     report: DeclareReport,
+    probe: Probe,
 }
 
 impl Declarer<'_> {
@@ -144,10 +163,7 @@ impl Declarer<'_> {
     }
 
     /// Runs one broker call; a refusal becomes `Err(reason)` after the channel is replaced.
-    async fn attempt<T>(
-        &mut self,
-        call: impl Future<Output = lapin::Result<T>>,
-    ) -> lapin::Result<Result<T, String>> {
+    async fn attempt<T>(&mut self, call: impl Future<Output = lapin::Result<T>>) -> lapin::Result<Result<T, String>> {
         let result = match tokio::time::timeout(STEP_TIMEOUT, call).await {
             Ok(result) => result,
             Err(_) => return Err(timeout_error()),
@@ -188,7 +204,10 @@ impl Declarer<'_> {
     }
 
     async fn exchange(&mut self, exchange: &Exchange) -> lapin::Result<()> {
-        let existed = self.exchange_exists(exchange).await?;
+        let existed = match self.probe {
+            Probe::Existence => Some(self.exchange_exists(exchange).await?),
+            Probe::Skip => None,
+        };
         let options = ExchangeDeclareOptions {
             passive: false,
             durable: exchange.durable,
@@ -209,7 +228,10 @@ impl Declarer<'_> {
     }
 
     async fn queue(&mut self, queue: &Queue) -> lapin::Result<()> {
-        let existed = self.queue_exists(&queue.name).await?;
+        let existed = match self.probe {
+            Probe::Existence => Some(self.queue_exists(&queue.name).await?),
+            Probe::Skip => None,
+        };
         let options = QueueDeclareOptions {
             passive: false,
             durable: queue.durable,
@@ -233,17 +255,20 @@ impl Declarer<'_> {
             QueueBindOptions::default(),
             FieldTable::default(),
         );
-        let outcome = outcome(self.attempt(call).await?, true);
+        let outcome = outcome(self.attempt(call).await?, Some(true));
         let name = format!("{} -> {} ({:?})", binding.exchange, binding.queue, binding.routing_key);
         self.record(EntityKind::Binding, &name, outcome);
         Ok(())
     }
 }
 
-fn outcome(result: Result<(), String>, existed: bool) -> Outcome {
+fn outcome(result: Result<(), String>, existed: Option<bool>) -> Outcome {
     match result {
-        Ok(()) if existed => Outcome::Exists,
-        Ok(()) => Outcome::Created,
+        Ok(()) => match existed {
+            Some(true) => Outcome::Exists,
+            Some(false) => Outcome::Created,
+            None => Outcome::Declared,
+        },
         Err(reason) => Outcome::Failed(reason),
     }
 }

@@ -13,7 +13,13 @@ pub enum Difference {
     /// Declared in the file, absent on the broker.
     Missing { kind: &'static str, name: String },
     /// Present on both sides with a different value.
-    Changed { kind: &'static str, name: String, field: String, file: String, broker: String },
+    Changed {
+        kind: &'static str,
+        name: String,
+        field: String,
+        file: String,
+        broker: String,
+    },
     /// A binding on one of our exchanges that the file does not declare.
     Unexpected { kind: &'static str, name: String },
 }
@@ -22,8 +28,17 @@ impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Missing { kind, name } => write!(f, "- {kind} {name}: in the file, missing on the broker"),
-            Self::Changed { kind, name, field, file, broker } => {
-                write!(f, "~ {kind} {name}: {field} is {broker} on the broker, {file} in the file")
+            Self::Changed {
+                kind,
+                name,
+                field,
+                file,
+                broker,
+            } => {
+                write!(
+                    f,
+                    "~ {kind} {name}: {field} is {broker} on the broker, {file} in the file"
+                )
             }
             Self::Unexpected { kind, name } => write!(f, "+ {kind} {name}: on the broker, not in the file"),
         }
@@ -36,36 +51,67 @@ pub async fn diff_live(client: &ManagementClient, topology: &Topology) -> Result
     Ok(diff(topology, &exchanges, &queues, &bindings))
 }
 
-pub fn diff(topology: &Topology, exchanges: &[ExchangeInfo], queues: &[QueueInfo], bindings: &[BindingInfo]) -> Vec<Difference> {
+pub fn diff(
+    topology: &Topology,
+    exchanges: &[ExchangeInfo],
+    queues: &[QueueInfo],
+    bindings: &[BindingInfo],
+) -> Vec<Difference> {
     let mut out = Vec::new();
     for want in &topology.exchanges {
         let Some(have) = exchanges.iter().find(|e| e.name == want.name) else {
-            out.push(Difference::Missing { kind: "exchange", name: want.name.clone() });
+            out.push(Difference::Missing {
+                kind: "exchange",
+                name: want.name.clone(),
+            });
             continue;
         };
         let mut changed = |field: &str, file: String, broker: String| {
             if file != broker {
-                out.push(Difference::Changed { kind: "exchange", name: want.name.clone(), field: field.into(), file, broker });
+                out.push(Difference::Changed {
+                    kind: "exchange",
+                    name: want.name.clone(),
+                    field: field.into(),
+                    file,
+                    broker,
+                });
             }
         };
         changed("type", want.kind.as_str().into(), have.kind.clone());
         changed("durable", want.durable.to_string(), have.durable.to_string());
-        changed("auto_delete", want.auto_delete.to_string(), have.auto_delete.to_string());
+        changed(
+            "auto_delete",
+            want.auto_delete.to_string(),
+            have.auto_delete.to_string(),
+        );
         changed("internal", want.internal.to_string(), have.internal.to_string());
     }
 
     for want in &topology.queues {
         let Some(have) = queues.iter().find(|q| q.name == want.name) else {
-            out.push(Difference::Missing { kind: "queue", name: want.name.clone() });
+            out.push(Difference::Missing {
+                kind: "queue",
+                name: want.name.clone(),
+            });
             continue;
         };
         let mut changed = |field: &str, file: String, broker: String| {
             if file != broker {
-                out.push(Difference::Changed { kind: "queue", name: want.name.clone(), field: field.into(), file, broker });
+                out.push(Difference::Changed {
+                    kind: "queue",
+                    name: want.name.clone(),
+                    field: field.into(),
+                    file,
+                    broker,
+                });
             }
         };
         changed("durable", want.durable.to_string(), have.durable.to_string());
-        changed("auto_delete", want.auto_delete.to_string(), have.auto_delete.to_string());
+        changed(
+            "auto_delete",
+            want.auto_delete.to_string(),
+            have.auto_delete.to_string(),
+        );
         let expected = want.arguments();
         let mut names: BTreeSet<&str> = expected.iter().map(|(k, _)| *k).collect();
         names.extend(have.arguments.keys().map(String::as_str));
@@ -76,7 +122,11 @@ pub fn diff(topology: &Topology, exchanges: &[ExchangeInfo], queues: &[QueueInfo
             if name == "x-queue-type" && file.is_none() && broker.as_deref() == Some("classic") {
                 continue;
             }
-            changed(name, file.unwrap_or_else(|| "absent".into()), broker.unwrap_or_else(|| "absent".into()));
+            changed(
+                name,
+                file.unwrap_or_else(|| "absent".into()),
+                broker.unwrap_or_else(|| "absent".into()),
+            );
         }
     }
 
@@ -92,10 +142,16 @@ pub fn diff(topology: &Topology, exchanges: &[ExchangeInfo], queues: &[QueueInfo
         .map(|b| (b.source.as_str(), b.destination.as_str(), b.routing_key.as_str()))
         .collect();
     for (exchange, queue, key) in wanted.difference(&live) {
-        out.push(Difference::Missing { kind: "binding", name: format!("{exchange} -> {queue} ({key:?})") });
+        out.push(Difference::Missing {
+            kind: "binding",
+            name: format!("{exchange} -> {queue} ({key:?})"),
+        });
     }
     for (exchange, queue, key) in live.difference(&wanted) {
-        out.push(Difference::Unexpected { kind: "binding", name: format!("{exchange} -> {queue} ({key:?})") });
+        out.push(Difference::Unexpected {
+            kind: "binding",
+            name: format!("{exchange} -> {queue} ({key:?})"),
+        });
     }
     out
 }
@@ -123,7 +179,13 @@ mod tests {
 
     fn topology() -> Topology {
         Topology {
-            exchanges: vec![Exchange { name: "orders_exchange".into(), kind: ExchangeKind::Topic, durable: true, auto_delete: false, internal: false }],
+            exchanges: vec![Exchange {
+                name: "orders_exchange".into(),
+                kind: ExchangeKind::Topic,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+            }],
             queues: vec![Queue {
                 name: "orders_queue".into(),
                 durable: true,
@@ -137,7 +199,11 @@ mod tests {
                 delivery_limit: None,
                 role: QueueRole::Service,
             }],
-            bindings: vec![Binding { exchange: "orders_exchange".into(), queue: "orders_queue".into(), routing_key: "orders.#".into() }],
+            bindings: vec![Binding {
+                exchange: "orders_exchange".into(),
+                queue: "orders_queue".into(),
+                routing_key: "orders.#".into(),
+            }],
             rate_limits: vec![],
         }
     }
@@ -161,22 +227,44 @@ mod tests {
     }
 
     fn live_exchange(kind: &str) -> ExchangeInfo {
-        ExchangeInfo { name: "orders_exchange".into(), kind: kind.into(), durable: true, auto_delete: false, internal: false, arguments: BTreeMap::new() }
+        ExchangeInfo {
+            name: "orders_exchange".into(),
+            kind: kind.into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: BTreeMap::new(),
+        }
     }
 
     fn live_binding(key: &str) -> BindingInfo {
-        BindingInfo { source: "orders_exchange".into(), destination: "orders_queue".into(), destination_type: "queue".into(), routing_key: key.into() }
+        BindingInfo {
+            source: "orders_exchange".into(),
+            destination: "orders_queue".into(),
+            destination_type: "queue".into(),
+            routing_key: key.into(),
+        }
     }
 
     #[test]
     fn identical_state_has_no_difference() {
-        let diffs = diff(&topology(), &[live_exchange("topic")], &[live_queue(10_000)], &[live_binding("orders.#")]);
+        let diffs = diff(
+            &topology(),
+            &[live_exchange("topic")],
+            &[live_queue(10_000)],
+            &[live_binding("orders.#")],
+        );
         assert_eq!(diffs, vec![]);
     }
 
     #[test]
     fn every_kind_of_drift_is_listed() {
-        let diffs = diff(&topology(), &[live_exchange("direct")], &[live_queue(5)], &[live_binding("orders.*")]);
+        let diffs = diff(
+            &topology(),
+            &[live_exchange("direct")],
+            &[live_queue(5)],
+            &[live_binding("orders.*")],
+        );
         let lines: Vec<String> = diffs.iter().map(ToString::to_string).collect();
         assert_eq!(
             lines,

@@ -1,10 +1,10 @@
 //! The platform's RabbitMQ topology: `model` (the file and its resolved form), `validate` (every
 //! error at once, defaults applied, dead-letter queues derived).
 
-pub mod model;
-pub mod validate;
 pub mod declare;
 pub mod diff;
+pub mod model;
+pub mod validate;
 
 pub use model::*;
 pub use validate::{TopologyError, load, parse, validate};

@@ -263,10 +263,7 @@ impl Queue {
         let mut args = Vec::new();
         if let Some(dlx) = &self.dead_letter_exchange {
             args.push(("x-dead-letter-exchange", ArgValue::Str(dlx.clone())));
-            args.push((
-                "x-dead-letter-routing-key",
-                ArgValue::Str(self.name.clone()),
-            ));
+            args.push(("x-dead-letter-routing-key", ArgValue::Str(self.name.clone())));
         }
         if let Some(limit) = self.delivery_limit {
             args.push(("x-delivery-limit", ArgValue::Int(limit.into())));
@@ -285,10 +282,7 @@ impl Queue {
         }
         // Classic is the broker's default: naming it would make queues declared without it drift.
         if self.queue_type == QueueType::Quorum {
-            args.push((
-                "x-queue-type",
-                ArgValue::Str(self.queue_type.as_str().to_owned()),
-            ));
+            args.push(("x-queue-type", ArgValue::Str(self.queue_type.as_str().to_owned())));
         }
         args
     }

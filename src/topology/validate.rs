@@ -77,10 +77,7 @@ pub fn parse(text: &str) -> Result<TopologyFile, TopologyError> {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |at| at + 1);
+    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
     let in_line = &before[line_start..];
     let column = std::str::from_utf8(in_line).map_or(in_line.len(), |s| s.chars().count()) + 1;
     (line, column)
@@ -110,12 +107,10 @@ impl<'a> Validator<'a> {
         // Indexed before anything is checked: the defaults (first in the report) refer to exchanges.
         let mut exchanges = HashMap::new();
         for spec in &file.exchanges {
-            exchanges
-                .entry(spec.name.as_str())
-                .or_insert_with(|| ExchangeInfo {
-                    kind: parse_exchange_kind(&spec.kind),
-                    internal: spec.internal,
-                });
+            exchanges.entry(spec.name.as_str()).or_insert_with(|| ExchangeInfo {
+                kind: parse_exchange_kind(&spec.kind),
+                internal: spec.internal,
+            });
         }
         Self {
             file,
@@ -201,10 +196,7 @@ impl<'a> Validator<'a> {
                 self.error("queue_defaults.durable", "quorum queues must be durable");
             }
             if spec.auto_delete {
-                self.error(
-                    "queue_defaults.auto_delete",
-                    "quorum queues cannot be auto_delete",
-                );
+                self.error("queue_defaults.auto_delete", "quorum queues cannot be auto_delete");
             }
             if overflow == Some(Overflow::RejectPublishDlx) {
                 self.error("queue_defaults.overflow", QUORUM_REJECT_PUBLISH_DLX);
@@ -312,10 +304,7 @@ impl<'a> Validator<'a> {
                 name_ok = false;
                 self.error(
                     at("name"),
-                    format!(
-                        "duplicate queue `{}` (first declared at queues[{first}])",
-                        spec.name
-                    ),
+                    format!("duplicate queue `{}` (first declared at queues[{first}])", spec.name),
                 );
             } else {
                 first_seen.insert(&spec.name, i);
@@ -346,18 +335,15 @@ impl<'a> Validator<'a> {
                 Some(v) => self.check_queue_type(&at("type"), v),
                 None => defaults.queue_type,
             };
-            let max_priority =
-                spec.max_priority
-                    .and_then(|v| match u8::try_from(v).ok().filter(|p| *p >= 1) {
-                        Some(p) => Some(p),
-                        None => {
-                            self.error(
-                                at("max_priority"),
-                                format!("must be between 1 and 255, got {v}"),
-                            );
-                            None
-                        }
-                    });
+            let max_priority = spec
+                .max_priority
+                .and_then(|v| match u8::try_from(v).ok().filter(|p| *p >= 1) {
+                    Some(p) => Some(p),
+                    None => {
+                        self.error(at("max_priority"), format!("must be between 1 and 255, got {v}"));
+                        None
+                    }
+                });
             let delivery_limit = spec
                 .delivery_limit
                 .and_then(|v| self.check_u32(&at("delivery_limit"), v));
@@ -464,10 +450,7 @@ impl<'a> Validator<'a> {
             } else {
                 self.error(
                     at("exchange"),
-                    format!(
-                        "exchange `{}` is not declared in [[exchanges]]",
-                        spec.exchange
-                    ),
+                    format!("exchange `{}` is not declared in [[exchanges]]", spec.exchange),
                 );
                 None
             };
@@ -513,9 +496,7 @@ impl<'a> Validator<'a> {
             if let Some(first) = first_seen.get(&triple) {
                 self.error(
                     format!("bindings[{i}]"),
-                    format!(
-                        "duplicate of bindings[{first}] (same exchange, queue and routing_key)"
-                    ),
+                    format!("duplicate of bindings[{first}] (same exchange, queue and routing_key)"),
                 );
             } else {
                 first_seen.insert(triple, i);
@@ -582,14 +563,12 @@ impl<'a> Validator<'a> {
             }
 
             resolved.push(match (per_second, burst) {
-                (Some(per_second), Some(burst)) if self.errors.len() == errors_before => {
-                    Some(RateLimit {
-                        exchange: spec.exchange.clone(),
-                        client: spec.client.clone(),
-                        per_second,
-                        burst,
-                    })
-                }
+                (Some(per_second), Some(burst)) if self.errors.len() == errors_before => Some(RateLimit {
+                    exchange: spec.exchange.clone(),
+                    client: spec.client.clone(),
+                    per_second,
+                    burst,
+                }),
                 _ => None,
             });
         }
@@ -647,15 +626,10 @@ impl<'a> Validator<'a> {
             }
             for (j, spec) in file.bindings.iter().enumerate() {
                 let b = &dlq.binding;
-                if spec.exchange == b.exchange
-                    && spec.queue == b.queue
-                    && spec.routing_key == b.routing_key
-                {
+                if spec.exchange == b.exchange && spec.queue == b.queue && spec.routing_key == b.routing_key {
                     self.error(
                         format!("bindings[{j}]"),
-                        format!(
-                            "duplicates the binding derived for dead-letter queue `{name}`: remove it"
-                        ),
+                        format!("duplicates the binding derived for dead-letter queue `{name}`: remove it"),
                     );
                 }
             }
@@ -701,10 +675,7 @@ impl<'a> Validator<'a> {
         match u32::try_from(value).ok().filter(|v| *v >= 1) {
             Some(v) => Some(v),
             None => {
-                self.error(
-                    path,
-                    format!("must be between 1 and {}, got {value}", u32::MAX),
-                );
+                self.error(path, format!("must be between 1 and {}, got {value}", u32::MAX));
                 None
             }
         }
@@ -720,9 +691,7 @@ impl<'a> Validator<'a> {
         if overflow.is_none() {
             self.error(
                 path,
-                format!(
-                    "unknown overflow `{value}` (expected drop-head, reject-publish or reject-publish-dlx)"
-                ),
+                format!("unknown overflow `{value}` (expected drop-head, reject-publish or reject-publish-dlx)"),
             );
         }
         overflow
@@ -770,7 +739,8 @@ impl<'a> Validator<'a> {
 /// The broker accepts it on a quorum queue, logs a warning and silently uses drop-head instead.
 const QUORUM_REJECT_PUBLISH_DLX: &str =
     "quorum queues do not support overflow `reject-publish-dlx` (use drop-head or reject-publish)";
-const REJECT_PUBLISH_DLX_WITHOUT_DLX: &str = "overflow `reject-publish-dlx` dead-letters rejected messages, but this queue has no dead-letter exchange";
+const REJECT_PUBLISH_DLX_WITHOUT_DLX: &str =
+    "overflow `reject-publish-dlx` dead-letters rejected messages, but this queue has no dead-letter exchange";
 
 /// `None` when every character is allowed; otherwise the reason, naming the offending characters.
 fn bad_characters(name: &str) -> Option<String> {
@@ -839,11 +809,7 @@ struct DerivedDlq {
 
 /// One dead-letter queue per service queue with a dead-letter exchange, in file order. Derived even
 /// when the source queue has other errors, so that bindings to it are not reported as undeclared.
-fn derive_dead_letter_queues(
-    file: &TopologyFile,
-    queues: &[QueueOutcome],
-    spec: &DeadLetterQueues,
-) -> Vec<DerivedDlq> {
+fn derive_dead_letter_queues(file: &TopologyFile, queues: &[QueueOutcome], spec: &DeadLetterQueues) -> Vec<DerivedDlq> {
     file.queues
         .iter()
         .zip(queues)
@@ -1016,9 +982,7 @@ mod tests {
             errs,
             vec![TopologyError {
                 path: "exchanges[0].type".to_owned(),
-                reason:
-                    "unknown exchange type `fanout ` (expected direct, topic, fanout or headers)"
-                        .to_owned(),
+                reason: "unknown exchange type `fanout ` (expected direct, topic, fanout or headers)".to_owned(),
             }]
         );
         assert_eq!(
@@ -1348,7 +1312,8 @@ mod tests {
             "#
             ),
             vec![
-                "dead_letter_queues.suffix: contains '/' (allowed: ASCII letters, digits, `_`, `.`, `-`, `:`)".to_owned(),
+                "dead_letter_queues.suffix: contains '/' (allowed: ASCII letters, digits, `_`, `.`, `-`, `:`)"
+                    .to_owned(),
                 format!("dead_letter_queues.message_ttl: {RANGE}, got 0"),
             ]
         );
@@ -1583,11 +1548,7 @@ mod tests {
             delivery_limit = 3
         "#,
         );
-        let service: Vec<&Queue> = topology
-            .queues
-            .iter()
-            .filter(|q| !q.is_dead_letter())
-            .collect();
+        let service: Vec<&Queue> = topology.queues.iter().filter(|q| !q.is_dead_letter()).collect();
         assert_eq!(
             service,
             vec![
@@ -1705,10 +1666,11 @@ mod tests {
             ]
         );
         // The source queue dead-letters with its own name: the derived binding catches it.
-        assert!(topology.queues[0].arguments().contains(&(
-            "x-dead-letter-routing-key",
-            ArgValue::Str("orders".to_owned())
-        )));
+        assert!(
+            topology.queues[0]
+                .arguments()
+                .contains(&("x-dead-letter-routing-key", ArgValue::Str("orders".to_owned())))
+        );
         assert_eq!(topology.dead_letter_queues().count(), 2);
     }
 
@@ -1735,13 +1697,7 @@ mod tests {
         );
         let names: Vec<&str> = topology.queues.iter().map(|q| q.name.as_str()).collect();
         assert_eq!(names, vec!["kept", "fire_and_forget", "kept.dlq"]);
-        assert_eq!(
-            topology
-                .queue("fire_and_forget")
-                .unwrap()
-                .dead_letter_exchange,
-            None
-        );
+        assert_eq!(topology.queue("fire_and_forget").unwrap().dead_letter_exchange, None);
         assert!(
             !topology
                 .queue("fire_and_forget")
@@ -1814,10 +1770,7 @@ mod tests {
 
         let err = parse("[queue_default]\ndurable = true\n").unwrap_err();
         assert_eq!(err.path, "line 1, column 2");
-        assert!(
-            err.reason.starts_with("unknown field `queue_default`"),
-            "{err:?}"
-        );
+        assert!(err.reason.starts_with("unknown field `queue_default`"), "{err:?}");
     }
 
     #[test]
@@ -1885,10 +1838,7 @@ mod tests {
         }
         let dlx = topology.exchange("dead_letters_exchange").unwrap();
         assert_eq!((dlx.kind, dlx.internal), (ExchangeKind::Direct, true));
-        assert_eq!(
-            topology.exchange("platform_events").unwrap().kind,
-            ExchangeKind::Fanout
-        );
+        assert_eq!(topology.exchange("platform_events").unwrap().kind, ExchangeKind::Fanout);
 
         // 11 service queues with the standard parameters, then their 11 dead-letter queues.
         assert_eq!(topology.queues.len(), 22);
@@ -1934,11 +1884,7 @@ mod tests {
         for svc in SERVICES {
             let queue = format!("{svc}_queue");
             assert!(has(&format!("{svc}_exchange"), &queue, &format!("{svc}.#")));
-            assert!(has(
-                "dead_letters_exchange",
-                &format!("{queue}.dlq"),
-                &queue
-            ));
+            assert!(has("dead_letters_exchange", &format!("{queue}.dlq"), &queue));
         }
         for queue in ["newsletters_queue", "websites_queue", "sav_queue"] {
             assert!(has("platform_events", queue, ""));

@@ -9,9 +9,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    amqp::connection::{Link, LinkReceiver, wait_for_link},
+    amqp::{
+        connection::{Link, LinkReceiver, wait_for_link},
+        management::ManagementClient,
+    },
     metrics::Metrics,
-    topology::{Topology, declare},
+    topology::{
+        Topology,
+        declare::{self, Probe},
+        diff::{self, Difference},
+    },
 };
 
 /// How often a topology that the broker refused is tried again (an operator may fix it live).
@@ -41,6 +48,7 @@ pub fn state_channel() -> (watch::Sender<TopologyState>, watch::Receiver<Topolog
 pub async fn run(
     mode: Mode,
     topology: Arc<Topology>,
+    management: ManagementClient,
     mut link: LinkReceiver,
     state: watch::Sender<TopologyState>,
     metrics: Arc<Metrics>,
@@ -53,9 +61,11 @@ pub async fn run(
             return Ok(());
         };
         link.mark_unchanged();
-        let outcome = apply(mode, &current, &topology).await;
+        let outcome = apply(mode, &current, &topology, &management).await;
         let failed = matches!(outcome, TopologyState::Failed { .. });
-        metrics.topology_applied.set(i64::from(matches!(outcome, TopologyState::Applied { .. })));
+        metrics
+            .topology_applied
+            .set(i64::from(matches!(outcome, TopologyState::Applied { .. })));
         state.send_replace(outcome);
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -67,9 +77,9 @@ pub async fn run(
 }
 
 /// One step: declare (or verify) on this connection and say how it went.
-pub async fn apply(mode: Mode, link: &Link, topology: &Topology) -> TopologyState {
+pub async fn apply(mode: Mode, link: &Link, topology: &Topology, management: &ManagementClient) -> TopologyState {
     let result = match mode {
-        Mode::Declare => declare::declare(&link.connection, topology).await,
+        Mode::Declare => declare::declare(&link.connection, topology, Probe::Skip).await,
         Mode::Verify => declare::verify(&link.connection, topology).await,
     };
     let report = match result {
@@ -79,7 +89,27 @@ pub async fn apply(mode: Mode, link: &Link, topology: &Topology) -> TopologyStat
             return TopologyState::Pending;
         }
     };
-    let problems: Vec<String> = report.failures().map(ToString::to_string).collect();
+    let mut problems: Vec<String> = report.failures().map(ToString::to_string).collect();
+    if !problems.is_empty() {
+        // The broker's refusal names one argument; the management API shows them all.
+        if let Ok(differences) = diff::diff_live(management, topology).await {
+            problems = report
+                .failures()
+                .map(|failed| {
+                    let details: Vec<String> = differences
+                        .iter()
+                        .filter(|d| matches!(d, Difference::Changed { name, .. } if *name == failed.name))
+                        .map(ToString::to_string)
+                        .collect();
+                    if details.is_empty() {
+                        failed.to_string()
+                    } else {
+                        details.join("; ")
+                    }
+                })
+                .collect();
+        }
+    }
     if problems.is_empty() {
         info!(
             generation = link.generation,
@@ -88,13 +118,18 @@ pub async fn apply(mode: Mode, link: &Link, topology: &Topology) -> TopologyStat
             entities = report.items.len(),
             "Topology applied."
         );
-        TopologyState::Applied { generation: link.generation }
+        TopologyState::Applied {
+            generation: link.generation,
+        }
     } else {
         error!(
             generation = link.generation,
             problems = %problems.join("; "),
             "The broker refused part of the topology; the rest is in place. Fix the broker or topology.toml (see `messages-broker topology diff`)."
         );
-        TopologyState::Failed { generation: link.generation, problems }
+        TopologyState::Failed {
+            generation: link.generation,
+            problems,
+        }
     }
 }

@@ -95,32 +95,39 @@ impl Supervisor {
         let span = info_span!("task", role = %name);
         let metrics = self.metrics.clone();
         let owned = name.to_owned();
-        self.spawn_named(name, async move {
-            let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-            loop {
-                // A nested spawn turns a panic into a JoinError instead of killing the loop.
-                let result = tokio::spawn(make().instrument(tracing::Span::current())).await;
-                if cancel.is_cancelled() {
-                    if let Ok(Err(err)) = &result {
-                        warn!(error = format!("{err:#}"), "Task ended with an error while stopping.");
+        self.spawn_named(
+            name,
+            async move {
+                let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+                loop {
+                    // A nested spawn turns a panic into a JoinError instead of killing the loop.
+                    let result = tokio::spawn(make().instrument(tracing::Span::current())).await;
+                    if cancel.is_cancelled() {
+                        if let Ok(Err(err)) = &result {
+                            warn!(error = format!("{err:#}"), "Task ended with an error while stopping.");
+                        }
+                        info!("Task stopped.");
+                        return;
                     }
-                    info!("Task stopped.");
-                    return;
-                }
-                let delay = backoff.next_delay();
-                match result {
-                    Ok(Ok(())) => warn!(restart_in = ?delay, "Task returned without being asked to stop; restarting."),
-                    Ok(Err(err)) => error!(error = format!("{err:#}"), restart_in = ?delay, "Task failed; restarting."),
-                    Err(join) => error!(panic = %join, restart_in = ?delay, "Task panicked; restarting."),
-                }
-                metrics.role_restarts_total.with_label_values(&[owned.as_str()]).inc();
-                tokio::select! {
-                    _ = cancel.cancelled() => { info!("Task stopped."); return; }
-                    _ = tokio::time::sleep(delay) => {}
+                    let delay = backoff.next_delay();
+                    match result {
+                        Ok(Ok(())) => {
+                            warn!(restart_in = ?delay, "Task returned without being asked to stop; restarting.")
+                        }
+                        Ok(Err(err)) => {
+                            error!(error = format!("{err:#}"), restart_in = ?delay, "Task failed; restarting.")
+                        }
+                        Err(join) => error!(panic = %join, restart_in = ?delay, "Task panicked; restarting."),
+                    }
+                    metrics.role_restarts_total.with_label_values(&[owned.as_str()]).inc();
+                    tokio::select! {
+                        _ = cancel.cancelled() => { info!("Task stopped."); return; }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
-        }
-        .instrument(span));
+            .instrument(span),
+        );
     }
 
     /// Spawns a tracked task whose name is listed while it runs.
@@ -142,7 +149,13 @@ impl Supervisor {
         self.tracker.close();
         match tokio::time::timeout(deadline, self.tracker.wait()).await {
             Ok(()) => Ok(()),
-            Err(_) => Err(self.running.lock().expect("running set poisoned").iter().cloned().collect()),
+            Err(_) => Err(self
+                .running
+                .lock()
+                .expect("running set poisoned")
+                .iter()
+                .cloned()
+                .collect()),
         }
     }
 }

@@ -1,0 +1,275 @@
+//! Helpers shared by the integration tests: unique names, a fresh database per test, an app
+//! spawned on port 0 against the real RabbitMQ and MariaDB, and polling with a deadline.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+use messages_broker::{
+    amqp::management::ManagementClient,
+    app::App,
+    settings::{ClientSettings, Scope, Settings},
+};
+use sha2::{Digest, Sha256};
+use sqlx::Connection;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const READER_TOKEN: &str = "test-reader-token";
+
+/// A short unique prefix: names stay readable in the management UI and never collide.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &id[..10])
+}
+
+/// A small topology of the platform's shape, every name prefixed by `p`.
+pub fn topology_toml(p: &str) -> String {
+    format!(
+        r#"
+[queue_defaults]
+message_ttl = 86400000
+max_length = 10000
+overflow = "reject-publish"
+dead_letter_exchange = "{p}_dlx"
+
+[dead_letter_queues]
+message_ttl = 604800000
+
+[[exchanges]]
+name = "{p}_orders_exchange"
+type = "topic"
+
+[[exchanges]]
+name = "{p}_events"
+type = "fanout"
+
+[[exchanges]]
+name = "{p}_dlx"
+type = "direct"
+internal = true
+
+[[queues]]
+name = "{p}_orders_queue"
+
+[[queues]]
+name = "{p}_small_queue"
+max_length = 5
+
+[[bindings]]
+exchange = "{p}_orders_exchange"
+queue = "{p}_orders_queue"
+routing_key = "orders.#"
+
+[[bindings]]
+exchange = "{p}_events"
+queue = "{p}_small_queue"
+"#
+    )
+}
+
+pub fn sha256_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Settings for one test: port 0, its own database, its own topology file.
+pub struct TestEnv {
+    pub prefix: String,
+    pub settings: Settings,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub async fn new(prefix: &str) -> Self {
+        let prefix = unique(prefix);
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let topology_path = dir.path().join("topology.toml");
+        std::fs::write(&topology_path, topology_toml(&prefix)).expect("write topology");
+        let mut settings = Settings::default();
+        settings.app.name = format!("mb-test-{prefix}");
+        settings.app.host = "127.0.0.1".into();
+        settings.app.port = 0;
+        settings.app.topology_file = topology_path;
+        settings.app.shutdown_timeout = Duration::from_secs(10);
+        settings.rabbitmq.reconnect_min = Duration::from_millis(100);
+        settings.rabbitmq.reconnect_max = Duration::from_secs(1);
+        settings.database.database = format!("messages_broker_test_{prefix}");
+        settings.auth.clients = vec![
+            ClientSettings {
+                name: "test-admin".into(),
+                token_sha256: sha256_hex(ADMIN_TOKEN),
+                scopes: vec![Scope::Admin],
+                exchanges: None,
+            },
+            ClientSettings {
+                name: "test-reader".into(),
+                token_sha256: sha256_hex(READER_TOKEN),
+                scopes: vec![Scope::Read],
+                exchanges: None,
+            },
+        ];
+        create_database(&settings).await;
+        Self { prefix, settings, dir }
+    }
+
+    pub fn topology_path(&self) -> PathBuf {
+        self.settings.app.topology_file.clone()
+    }
+
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.prefix)
+    }
+
+    pub async fn spawn(&self) -> TestApp {
+        let app = App::build(self.settings.clone()).await.expect("app builds");
+        let base = format!("http://{}", app.addr());
+        TestApp {
+            app,
+            base,
+            http: reqwest::Client::new(),
+            management: ManagementClient::new(&self.settings.rabbitmq),
+        }
+    }
+
+    /// Drops the test database and the broker entities (best effort).
+    pub async fn cleanup(self) {
+        let management = ManagementClient::new(&self.settings.rabbitmq);
+        if let Ok(topology) = messages_broker::app::load_topology(&self.settings) {
+            for queue in &topology.queues {
+                let _ = management.delete_queue(&queue.name).await;
+            }
+            for exchange in &topology.exchanges {
+                let _ = management.delete_exchange(&exchange.name).await;
+            }
+        }
+        drop_database(&self.settings).await;
+    }
+}
+
+pub struct TestApp {
+    pub app: App,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub management: ManagementClient,
+}
+
+impl TestApp {
+    pub fn management_for(env: &TestEnv) -> ManagementClient {
+        ManagementClient::new(&env.settings.rabbitmq)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("request sent")
+    }
+
+    pub async fn ready_status(&self) -> (u16, serde_json::Value) {
+        let response = self.get("/api/ready").await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("ready answers JSON"))
+    }
+
+    pub async fn wait_ready(&self) {
+        let ok = eventually(Duration::from_secs(20), || async { self.ready_status().await.0 == 200 }).await;
+        assert!(ok, "app never became ready: {:?}", self.ready_status().await);
+    }
+
+    /// Closes this app's AMQP connection(s) through the management API, as an operator would.
+    pub async fn close_connections(&self, app_name: &str) -> usize {
+        // The management API lists a new connection a moment after it opens.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut closed = 0;
+            let conns = self.management.connections().await.unwrap_or_default();
+            for conn in conns.iter().filter(|c| {
+                c.client_properties
+                    .connection_name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(app_name))
+            }) {
+                if self.management.close_connection(&conn.name).await.is_ok() {
+                    closed += 1;
+                }
+            }
+            if closed > 0 || tokio::time::Instant::now() >= deadline {
+                return closed;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.app
+            .shutdown(Duration::from_secs(10))
+            .await
+            .expect("clean shutdown");
+    }
+}
+
+/// Logs of the app under test, shown by libtest for failing tests (RUST_LOG to tune).
+pub fn init_logs() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,lapin=off,sqlx=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn server_connection(settings: &Settings) -> sqlx::MySqlConnection {
+    let options = settings.database.connect_options().database("");
+    sqlx::MySqlConnection::connect_with(&options)
+        .await
+        .expect("connect to MariaDB (run scripts/setup.sh)")
+}
+
+async fn create_database(settings: &Settings) {
+    let mut conn = server_connection(settings).await;
+    // The name is ours (prefix + uuid hex), never user input.
+    let sql = format!("CREATE DATABASE `{}` CHARACTER SET utf8mb4", settings.database.database);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+}
+
+async fn drop_database(settings: &Settings) {
+    let mut conn = server_connection(settings).await;
+    let sql = format!("DROP DATABASE IF EXISTS `{}`", settings.database.database);
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+}
+
+/// Runs the real binary with `args` and extra environment; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_messages-broker"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,346 @@
+//! The foundation against the real RabbitMQ and MariaDB: topology apply, recovery after a closed
+//! connection, drift reported without dying, `topology diff`, probes, settings errors, SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use lapin::{
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable},
+};
+use messages_broker::{
+    amqp::connection,
+    app::load_topology,
+    topology::declare::{self, Outcome},
+};
+
+#[tokio::test]
+async fn apply_is_idempotent() {
+    let env = TestEnv::new("apply").await;
+    let topology = load_topology(&env.settings).unwrap();
+    let conn = connection::connect(&env.settings.rabbitmq, "test apply").await.unwrap();
+
+    let first = declare::declare(&conn, &topology, declare::Probe::Existence)
+        .await
+        .unwrap();
+    assert!(first.is_complete(), "{:?}", first.failures().collect::<Vec<_>>());
+    assert_eq!(first.created(), topology.exchanges.len() + topology.queues.len());
+
+    let second = declare::declare(&conn, &topology, declare::Probe::Existence)
+        .await
+        .unwrap();
+    assert!(second.is_complete());
+    assert_eq!(second.created(), 0, "the second apply creates nothing");
+    assert!(second.items.iter().all(|d| d.outcome == Outcome::Exists));
+
+    // The seed's arguments, as the broker reports them.
+    let queue = env.name("orders_queue");
+    let live = TestApp::management_for(&env).queue(&queue).await.unwrap();
+    assert!(live.durable && !live.auto_delete);
+    assert_eq!(live.arguments["x-message-ttl"], 86_400_000);
+    assert_eq!(live.arguments["x-max-length"], 10_000);
+    assert_eq!(live.arguments["x-overflow"], "reject-publish");
+    assert_eq!(live.arguments["x-dead-letter-exchange"], env.name("dlx").as_str());
+    let dlq = TestApp::management_for(&env)
+        .queue(&format!("{queue}.dlq"))
+        .await
+        .unwrap();
+    assert_eq!(dlq.arguments["x-message-ttl"], 604_800_000);
+
+    conn.close(200, "done".into()).await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn ready_reports_each_check_and_the_app_serves_probes() {
+    let env = TestEnv::new("probes").await;
+    let app = env.spawn().await;
+    app.wait_ready().await;
+    let (_, body) = app.ready_status().await;
+    assert_eq!(body["checks"]["broker"]["status"], "up");
+    assert_eq!(body["checks"]["topology"]["status"], "up");
+    assert_eq!(body["checks"]["database"]["status"], "up");
+
+    let health: serde_json::Value = app.get("/api/health").await.json().await.unwrap();
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "healthy", "service": "messages-broker"})
+    );
+
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("messages_broker_amqp_connected 1"), "{metrics}");
+    assert!(metrics.contains(&format!(
+        "messages_broker_queue_max_length{{queue=\"{}\"}} 5",
+        env.name("small_queue")
+    )));
+
+    let openapi: serde_json::Value = app.get("/api/openapi.json").await.json().await.unwrap();
+    assert!(openapi["paths"]["/api/ready"].is_object());
+
+    // The auth layer: no token, unknown token, enough scope.
+    assert_eq!(app.get("/api/topology").await.status(), 401);
+    let wrong = app
+        .http
+        .get(app.url("/api/topology"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let ok = app
+        .http
+        .get(app.url("/api/topology"))
+        .bearer_auth(READER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let missing = app.get("/api/nothing-here").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<serde_json::Value>().await.unwrap()["error"], "not_found");
+
+    // Migrations ran on the test's own database.
+    let pool = app.app.state.pool.clone().unwrap();
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY table_name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
+    assert!(
+        names.contains(&"failed_messages") && names.contains(&"message_logs"),
+        "{names:?}"
+    );
+
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn topology_comes_back_after_the_connection_is_closed() {
+    let env = TestEnv::new("reconnect").await;
+    let app = env.spawn().await;
+    app.wait_ready().await;
+
+    // Someone deletes an exchange, then the connection drops: the applier must redeclare it.
+    let exchange = env.name("orders_exchange");
+    app.management.delete_exchange(&exchange).await.unwrap();
+    assert!(app.close_connections(&env.settings.app.name).await >= 1);
+
+    let back = eventually(Duration::from_secs(20), || async {
+        let generation = app.app.link().borrow().as_ref().map(|l| l.generation);
+        generation >= Some(2) && app.ready_status().await.0 == 200
+    })
+    .await;
+    assert!(back, "no reconnect: {:?}", app.ready_status().await);
+    let exchanges = app.management.exchanges().await.unwrap();
+    assert!(exchanges.iter().any(|e| e.name == exchange), "exchange not redeclared");
+    assert_eq!(app.app.state.metrics.amqp_reconnects_total.get(), 1);
+
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_drifted_queue_is_reported_not_fatal() {
+    let env = TestEnv::new("drift").await;
+    // The queue exists with another max-length before the service starts.
+    let queue = env.name("orders_queue");
+    let conn = connection::connect(&env.settings.rabbitmq, "test drift").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(7));
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+
+    let app = env.spawn().await;
+    let failed = eventually(Duration::from_secs(15), || async {
+        let (status, body) = app.ready_status().await;
+        status == 503
+            && body["checks"]["topology"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("x-max-length"))
+    })
+    .await;
+    let (_, body) = app.ready_status().await;
+    assert!(failed, "{body}");
+    let detail = body["checks"]["topology"]["detail"].as_str().unwrap();
+    assert!(detail.contains(&queue) && detail.contains("x-max-length"), "{detail}");
+
+    // The rest of the topology is in place and the process is alive.
+    let queues = app.management.queues().await.unwrap();
+    assert!(queues.iter().any(|q| q.name == env.name("small_queue")));
+    assert_eq!(app.get("/api/health").await.status(), 200);
+
+    // `topology diff` names the difference and exits 1.
+    let path = env.topology_path();
+    let (code, stdout, _) = run_cli(&["topology", "diff"], &[("TOPOLOGY_FILE", path.to_str().unwrap())]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "~ queue {queue}: x-max-length is 7 on the broker, 10000 in the file"
+        )),
+        "{stdout}"
+    );
+
+    conn.close(200, "done".into()).await.unwrap();
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn topology_diff_finds_a_hand_made_difference() {
+    let env = TestEnv::new("diff").await;
+    let path = env.topology_path();
+    let path = path.to_str().unwrap();
+    let (code, stdout, stderr) = run_cli(&["topology", "apply"], &[("TOPOLOGY_FILE", path)]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("created  exchange {}", env.name("orders_exchange"))),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run_cli(&["topology", "diff"], &[("TOPOLOGY_FILE", path)]);
+    assert_eq!(code, 0, "{stdout}");
+
+    // By hand: remove a binding.
+    let conn = connection::connect(&env.settings.rabbitmq, "test diff").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_unbind(
+            env.name("orders_queue").as_str().into(),
+            env.name("orders_exchange").as_str().into(),
+            "orders.#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (code, stdout, _) = run_cli(&["topology", "diff"], &[("TOPOLOGY_FILE", path)]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "- binding {} -> {} (\"orders.#\")",
+            env.name("orders_exchange"),
+            env.name("orders_queue")
+        )),
+        "{stdout}"
+    );
+    conn.close(200, "done".into()).await.unwrap();
+    env.cleanup().await;
+}
+
+#[test]
+fn a_bad_setting_exits_2_naming_the_key() {
+    let (code, _, stderr) = run_cli(&["topology", "check"], &[("APP_PORT", "notanumber")]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr.trim(),
+        "error: invalid setting `app.port` (from APP_PORT): invalid type: found string \"notanumber\", expected u16"
+    );
+
+    let (code, _, stderr) = run_cli(&["serve"], &[("WORKER_ROLES", "api,bogus")]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("`app.roles` (from WORKER_ROLES)") && stderr.contains("bogus"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run_cli(&["serve", "--roles", "nope"], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("`--roles`"), "{stderr}");
+}
+
+#[test]
+fn topology_check_prints_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[exchanges]]
+name = "a"
+type = "bogus"
+
+[[bindings]]
+exchange = "missing_exchange"
+queue = "missing_queue"
+"#,
+    )
+    .unwrap();
+    let (code, stdout, _) = run_cli(&["topology", "check", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("exchanges[0].type"), "{stdout}");
+    assert!(stdout.contains("bindings[0].exchange"), "{stdout}");
+    assert!(stdout.contains("bindings[0].queue"), "{stdout}");
+
+    let (code, stdout, _) = run_cli(&["topology", "check", "/nonexistent/topology.toml"], &[]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("cannot read topology file"), "{stdout}");
+
+    let (code, stdout, _) = run_cli(&["topology", "check"], &[]);
+    assert_eq!(code, 0, "{stdout}");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_process_cleanly_within_the_deadline() {
+    let env = TestEnv::new("sigterm").await;
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_messages-broker"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("TOPOLOGY_FILE", env.topology_path())
+        .env("APP_PORT", port.to_string())
+        .env("DB_DATABASE", &env.settings.database.database)
+        .env("MESSAGES_BROKER_APP__SHUTDOWN_TIMEOUT", "5s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/api/ready");
+    let ready = eventually(Duration::from_secs(20), || async {
+        client.get(&url).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "the binary never became ready");
+
+    let started = std::time::Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "still running past the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    env.cleanup().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

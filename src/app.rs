@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
+    amqp::publisher::Publisher,
     amqp::{
         connection::{self, LinkReceiver},
         management::ManagementClient,
     },
     backoff::Backoff,
-    http::{self, AppState, auth::Clients},
+    http::{self, AppState, auth::Clients, idempotency::IdempotencyCache, publish::Publishing, rate_limit::RateLimits},
     metrics::Metrics,
     settings::Settings,
     store,
@@ -24,6 +25,7 @@ use crate::{
     workers::{
         Role, Supervisor,
         applier::{self, Mode, TopologyState},
+        audit,
     },
 };
 
@@ -32,9 +34,13 @@ pub struct App {
     pub state: AppState,
     /// Supervises the HTTP server and the roles: stopped first.
     front: Supervisor,
+    /// The publisher and the audit writer: stopped once nothing can hand them new work, after
+    /// their in-flight confirms and rows are settled.
+    pipeline: Supervisor,
     /// Supervises the broker connection and the migrator: stopped last.
     infra: Supervisor,
     front_cancel: CancellationToken,
+    pipeline_cancel: CancellationToken,
     infra_cancel: CancellationToken,
     /// Fired when the HTTP server dies: the process cannot serve its probes and must stop.
     fatal: CancellationToken,
@@ -86,8 +92,10 @@ impl App {
         }
         let roles = &settings.app.roles;
         let front = Supervisor::new(metrics.clone());
+        let pipeline = Supervisor::new(metrics.clone());
         let infra = Supervisor::new(metrics.clone());
         let front_cancel = CancellationToken::new();
+        let pipeline_cancel = CancellationToken::new();
         let infra_cancel = CancellationToken::new();
         let fatal = CancellationToken::new();
 
@@ -156,6 +164,36 @@ impl App {
             }
         }
 
+        // Publishing (api role): the confirm pipeline, its guards, and the audit writer.
+        let publishing = roles.contains(Role::Api).then(|| {
+            let (publisher, worker) = Publisher::new(
+                link_rx.clone(),
+                settings.publish.confirm_timeout,
+                pipeline_cancel.clone(),
+            );
+            pipeline.spawn_named("publisher", worker);
+            let audit = match (&pool, settings.publish.audit) {
+                (Some(pool), true) => {
+                    let (sink, rx) = audit::channel(settings.publish.audit_queue, metrics.clone());
+                    pipeline.spawn_named(
+                        "audit-writer",
+                        audit::run(pool.clone(), rx, metrics.clone(), pipeline_cancel.clone()),
+                    );
+                    Some(sink)
+                }
+                _ => None,
+            };
+            Arc::new(Publishing {
+                publisher,
+                limits: RateLimits::from_topology(&topology.rate_limits),
+                idempotency: IdempotencyCache::new(
+                    settings.publish.idempotency_ttl,
+                    settings.publish.idempotency_max_keys,
+                ),
+                audit,
+            })
+        });
+
         let state = AppState {
             clients: Arc::new(Clients::from_settings(&settings.auth.clients)),
             settings: settings.clone(),
@@ -165,6 +203,7 @@ impl App {
             topology_state: topology_rx,
             pool,
             db_migrated: migrated_rx,
+            publishing,
         };
         let bind = format!("{}:{}", settings.app.host, settings.app.port);
         let listener = tokio::net::TcpListener::bind(&bind)
@@ -180,13 +219,15 @@ impl App {
                 fatal_signal.cancel();
             }
         });
-        info!(%addr, roles = ?settings.app.roles.0, "messages-broker started.");
+        info!(%addr, roles = %settings.app.roles, "messages-broker started.");
         Ok(Self {
             addr,
             state,
             front,
+            pipeline,
             infra,
             front_cancel,
+            pipeline_cancel,
             infra_cancel,
             fatal,
         })
@@ -211,16 +252,18 @@ impl App {
         })
     }
 
-    /// HTTP and roles stop first; the connection closes once they are done (or the time is up).
+    /// HTTP and roles stop first (in-flight requests finish), then the publisher settles its
+    /// confirms and the audit writer flushes, then the connection closes. One deadline for all.
     pub async fn shutdown(self, deadline: Duration) -> Result<(), Vec<String>> {
         let started = tokio::time::Instant::now();
+        let left = || deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        let mut laggards = Vec::new();
         self.front_cancel.cancel();
-        let front = self.front.wait(deadline).await;
+        laggards.extend(self.front.wait(deadline).await.err().unwrap_or_default());
+        self.pipeline_cancel.cancel();
+        laggards.extend(self.pipeline.wait(left()).await.err().unwrap_or_default());
         self.infra_cancel.cancel();
-        let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-        let infra = self.infra.wait(left).await;
-        let mut laggards = front.err().unwrap_or_default();
-        laggards.extend(infra.err().unwrap_or_default());
+        laggards.extend(self.infra.wait(left()).await.err().unwrap_or_default());
         if laggards.is_empty() {
             info!(elapsed = ?started.elapsed(), "Stopped cleanly.");
             Ok(())

@@ -37,6 +37,12 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     /// Role restarts after a failure, by role.
     pub role_restarts_total: IntCounterVec,
+    /// Audit rows waiting to be written to message_logs.
+    pub audit_backlog: IntGauge,
+    /// Audit rows dropped because the writer fell too far behind (database slow or down).
+    pub audit_dropped_total: IntCounter,
+    /// Audit rows written to message_logs.
+    pub audit_written_total: IntCounter,
 }
 
 impl Metrics {
@@ -122,6 +128,21 @@ impl Metrics {
                 &["role"],
             )
             .unwrap(),
+            audit_backlog: IntGauge::with_opts(opts(
+                "audit_backlog",
+                "Audit rows waiting to be written to message_logs.",
+            ))
+            .unwrap(),
+            audit_dropped_total: IntCounter::with_opts(opts(
+                "audit_dropped_total",
+                "Audit rows dropped because the writer fell too far behind (database slow or down).",
+            ))
+            .unwrap(),
+            audit_written_total: IntCounter::with_opts(opts(
+                "audit_written_total",
+                "Audit rows written to message_logs.",
+            ))
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -144,6 +165,9 @@ impl Metrics {
             Box::new(self.retries_total.clone()),
             Box::new(self.rate_limited_total.clone()),
             Box::new(self.role_restarts_total.clone()),
+            Box::new(self.audit_backlog.clone()),
+            Box::new(self.audit_dropped_total.clone()),
+            Box::new(self.audit_written_total.clone()),
         ];
         for collector in collectors {
             // Names are constants defined above: a clash is a programming error caught by tests.

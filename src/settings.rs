@@ -49,6 +49,7 @@ pub struct Settings {
     pub rabbitmq: RabbitMqSettings,
     pub message: MessageSettings,
     pub retry: RetrySettings,
+    pub publish: PublishSettings,
     pub auth: AuthSettings,
 }
 
@@ -262,6 +263,42 @@ impl Default for RetrySettings {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishSettings {
+    /// How long the broker has to confirm a publish before the API answers 503.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// Largest body of `POST /api/messages/publish/batch`, bytes (each message still counts
+    /// against `app.max_body_bytes`).
+    pub max_batch_body_bytes: usize,
+    /// Most messages in one batch request.
+    pub max_batch_messages: usize,
+    /// Write one `message_logs` row per published message (in batches, off the request path).
+    pub audit: bool,
+    /// Rows waiting for the audit writer; beyond it rows are dropped and counted.
+    pub audit_queue: usize,
+    /// How long an `Idempotency-Key` (or client-given message_id) is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// Most keys remembered; the oldest are forgotten first.
+    pub idempotency_max_keys: usize,
+}
+
+impl Default for PublishSettings {
+    fn default() -> Self {
+        Self {
+            confirm_timeout: Duration::from_secs(5),
+            max_batch_body_bytes: 8 * 1024 * 1024,
+            max_batch_messages: 500,
+            audit: true,
+            audit_queue: 20_000,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            idempotency_max_keys: 200_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
@@ -326,10 +363,16 @@ impl FromStr for Roles {
     }
 }
 
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|r| r.as_str()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 impl Serialize for Roles {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let names: Vec<&str> = self.0.iter().map(|r| r.as_str()).collect();
-        serializer.serialize_str(&names.join(","))
+        serializer.serialize_str(&self.to_string())
     }
 }
 
@@ -517,6 +560,15 @@ impl Settings {
             return Err(SettingsError::new(
                 "rabbitmq.reconnect_max",
                 "must be at least rabbitmq.reconnect_min, which must be more than 0",
+            ));
+        }
+        if self.publish.confirm_timeout.is_zero() {
+            return Err(SettingsError::new("publish.confirm_timeout", "must be more than 0"));
+        }
+        if self.publish.max_batch_messages == 0 || self.publish.audit_queue == 0 {
+            return Err(SettingsError::new(
+                "publish.max_batch_messages",
+                "max_batch_messages and audit_queue must be at least 1",
             ));
         }
         if self.app.max_body_bytes < 1024 {

@@ -2,14 +2,23 @@
 //! authenticated `/api` routes.
 
 pub mod auth;
+pub mod body;
 pub mod error;
+pub mod idempotency;
 pub mod openapi;
 pub mod probes;
+pub mod publish;
+pub mod rate_limit;
 pub mod topology;
 
 use std::sync::Arc;
 
-use axum::{Router, extract::DefaultBodyLimit, middleware, routing::get};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    middleware,
+    routing::{get, post},
+};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
 
@@ -35,12 +44,21 @@ pub struct AppState {
     pub pool: Option<MySqlPool>,
     /// True once migrations ran (or were not asked for) on this process's database.
     pub db_migrated: watch::Receiver<bool>,
+    /// The publisher and its guards; `None` unless this process runs the `api` role.
+    pub publishing: Option<Arc<publish::Publishing>>,
 }
 
 pub fn router(state: AppState) -> Router {
     let mut api = Router::new();
     if state.settings.app.roles.contains(Role::Api) {
-        api = api.route("/api/topology", get(topology::show));
+        let batch_limit = DefaultBodyLimit::max(state.settings.publish.max_batch_body_bytes);
+        api = api
+            .route("/api/topology", get(topology::show))
+            .route("/api/messages/publish", post(publish::publish))
+            .route(
+                "/api/messages/publish/batch",
+                post(publish::publish_batch).layer(batch_limit),
+            );
     }
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
 

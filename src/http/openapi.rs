@@ -6,12 +6,12 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{error, probes, topology};
+use super::{error, probes, publish, topology};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "messages-broker", description = "RabbitMQ coordination for the e-commerce platform."),
-    paths(probes::health, probes::ready, probes::metrics, topology::show),
+    paths(probes::health, probes::ready, probes::metrics, topology::show, publish::publish, publish::publish_batch),
     components(schemas(error::ErrorBody, probes::Health, probes::Readiness)),
     modifiers(&BearerAuth)
 )]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod message_logs;
+
 use sqlx::{MySqlPool, mysql::MySqlPoolOptions};
 
 use crate::settings::DatabaseSettings;

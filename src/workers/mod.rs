@@ -2,6 +2,7 @@
 //! logged with its reason and the role restarts with backoff; cancellation stops it for good.
 
 pub mod applier;
+pub mod audit;
 
 use std::{
     collections::BTreeSet,

@@ -14,6 +14,8 @@ use sqlx::Connection;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const READER_TOKEN: &str = "test-reader-token";
+/// Publish scope, allowed only on `<prefix>_orders_exchange`.
+pub const ORDERS_TOKEN: &str = "test-orders-token";
 
 /// A short unique prefix: names stay readable in the management UI and never collide.
 pub fn unique(prefix: &str) -> String {
@@ -47,6 +49,10 @@ name = "{p}_dlx"
 type = "direct"
 internal = true
 
+[[exchanges]]
+name = "{p}_limited_exchange"
+type = "topic"
+
 [[queues]]
 name = "{p}_orders_queue"
 
@@ -62,6 +68,16 @@ routing_key = "orders.#"
 [[bindings]]
 exchange = "{p}_events"
 queue = "{p}_small_queue"
+
+[[bindings]]
+exchange = "{p}_limited_exchange"
+queue = "{p}_orders_queue"
+routing_key = "limited.#"
+
+[[rate_limits]]
+exchange = "{p}_limited_exchange"
+per_second = 1
+burst = 2
 "#
     )
 }
@@ -105,6 +121,12 @@ impl TestEnv {
                 token_sha256: sha256_hex(READER_TOKEN),
                 scopes: vec![Scope::Read],
                 exchanges: None,
+            },
+            ClientSettings {
+                name: "test-orders".into(),
+                token_sha256: sha256_hex(ORDERS_TOKEN),
+                scopes: vec![Scope::Publish],
+                exchanges: Some(vec![format!("{prefix}_orders_exchange")]),
             },
         ];
         create_database(&settings).await;
@@ -200,6 +222,17 @@ impl TestApp {
         }
     }
 
+    /// POST with the admin token and a JSON body.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn stop(self) {
         self.app
             .shutdown(Duration::from_secs(10))
@@ -216,6 +249,43 @@ pub fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// Takes every message from `queue` (acking it) until it stays empty for a moment.
+pub async fn drain(settings: &Settings, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+    let conn = messages_broker::amqp::connection::connect(&settings.rabbitmq, "test drain")
+        .await
+        .expect("connect");
+    let channel = conn.create_channel().await.expect("channel");
+    let mut out = Vec::new();
+    let mut empty_polls = 0;
+    while empty_polls < 3 {
+        match channel
+            .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            Some(message) => {
+                out.push(message);
+                empty_polls = 0;
+            }
+            None => {
+                empty_polls += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let _ = conn.close(200, "drained".into()).await;
+    out
+}
+
+/// A publish body for `exchange` with a minimal valid envelope.
+pub fn publish_body(exchange: &str, routing_key: &str) -> serde_json::Value {
+    serde_json::json!({
+        "exchange": exchange,
+        "routing_key": routing_key,
+        "message": {"event": "order.created", "data": {"order_id": 42}},
+    })
 }
 
 /// Polls `check` every 100 ms until it holds or `limit` passes.

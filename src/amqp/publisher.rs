@@ -1,0 +1,250 @@
+//! The publisher worker: owns a channel in confirm mode and pipelines every request's publish on
+//! it; each request gets its own outcome on a `oneshot` once the broker confirmed (or refused).
+//!
+//! Never one confirm at a time: publishes go out as requests arrive, confirms are awaited
+//! together in a `FuturesUnordered`. A request in flight when its channel or connection dies gets
+//! an error (its reply sender is dropped or answered `Unavailable`), never a false success.
+
+use std::time::Duration;
+
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::connection::{LinkReceiver, wait_for_link};
+
+/// One message to publish. The payload is already the JSON body.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    pub message_id: String,
+    /// Application headers (strings, integers, booleans).
+    pub headers: Vec<(String, HeaderValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderValue {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+/// What the broker did with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Acked and routed to at least one queue.
+    Confirmed,
+    /// `mandatory` and no queue matched: returned by the broker (it still acks those).
+    Unroutable,
+    /// Nacked: with `x-overflow = reject-publish`, a full queue.
+    Rejected,
+    /// No connection, a channel error, or the connection died with the message in flight.
+    Unavailable(String),
+    /// No confirm within the deadline: the message may or may not be on the broker.
+    TimedOut,
+}
+
+struct Request {
+    message: OutgoingMessage,
+    reply: oneshot::Sender<PublishOutcome>,
+}
+
+/// Cheap to clone; every clone feeds the same worker.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Request>,
+    confirm_timeout: Duration,
+}
+
+/// Room for this many requests waiting for the worker; senders wait beyond it (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+
+impl Publisher {
+    /// The handle and the worker future to spawn (it ends when `cancel` fires and it drained).
+    pub fn new(
+        link: LinkReceiver,
+        confirm_timeout: Duration,
+        cancel: CancellationToken,
+    ) -> (Self, impl Future<Output = ()> + Send) {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let worker = run(link, rx, confirm_timeout, cancel);
+        (Self { tx, confirm_timeout }, worker)
+    }
+
+    /// Publishes one message and waits for the broker's answer.
+    pub async fn publish(&self, message: OutgoingMessage) -> PublishOutcome {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Request { message, reply }).await.is_err() {
+            return PublishOutcome::Unavailable("publisher stopped".into());
+        }
+        self.wait(answer).await
+    }
+
+    /// Publishes every message, in order, then awaits all the confirms together.
+    pub async fn publish_many(&self, messages: Vec<OutgoingMessage>) -> Vec<PublishOutcome> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (reply, answer) = oneshot::channel();
+            if self.tx.send(Request { message, reply }).await.is_err() {
+                drop(answer);
+                answers.push(None);
+            } else {
+                answers.push(Some(answer));
+            }
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                Some(answer) => self.wait(answer).await,
+                None => PublishOutcome::Unavailable("publisher stopped".into()),
+            });
+        }
+        outcomes
+    }
+
+    async fn wait(&self, answer: oneshot::Receiver<PublishOutcome>) -> PublishOutcome {
+        // The worker bounds each confirm; this outer bound also covers time spent queued.
+        match tokio::time::timeout(self.confirm_timeout * 2, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => PublishOutcome::Unavailable("connection lost with the message in flight".into()),
+            Err(_) => PublishOutcome::TimedOut,
+        }
+    }
+}
+
+async fn run(
+    mut link: LinkReceiver,
+    mut rx: mpsc::Receiver<Request>,
+    confirm_timeout: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        // Without a connection, answer at once: callers fail fast instead of piling up.
+        let current = tokio::select! {
+            _ = cancel.cancelled() => return,
+            link = wait_for_link(&mut link, &cancel) => link,
+            Some(request) = rx.recv(), if link.borrow().is_none() => {
+                let _ = request.reply.send(PublishOutcome::Unavailable("not connected to RabbitMQ".into()));
+                continue;
+            }
+        };
+        let Some(current) = current else { return };
+        link.mark_unchanged();
+        let channel = match open_channel(&current.connection).await {
+            Ok(channel) => channel,
+            Err(err) => {
+                warn!(error = %err, "Cannot open the publishing channel; retrying.");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        info!(generation = current.generation, "Publisher ready.");
+        let stop = publish_on(&channel, &mut rx, &mut link, confirm_timeout, &cancel).await;
+        let _ = channel.close(200, "publisher done".into()).await;
+        if stop {
+            return;
+        }
+    }
+}
+
+async fn open_channel(connection: &lapin::Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Publishes on one channel until it or the connection fails (`false`) or we are cancelled and
+/// every in-flight confirm has settled (`true`).
+async fn publish_on(
+    channel: &Channel,
+    rx: &mut mpsc::Receiver<Request>,
+    link: &mut LinkReceiver,
+    confirm_timeout: Duration,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            // Settle confirms first: it keeps the in-flight set (and its memory) small.
+            biased;
+            Some((outcome, reply)) = in_flight.next() => {
+                let _: Result<(), PublishOutcome> = oneshot::Sender::send(reply, outcome);
+            }
+            _ = cancel.cancelled() => {
+                // In-flight confirms finish (each bounded by the confirm timeout); no new work.
+                while let Some((outcome, reply)) = in_flight.next().await {
+                    let _ = oneshot::Sender::send(reply, outcome);
+                }
+                return true;
+            }
+            _ = link.changed() => return false,
+            request = rx.recv() => {
+                let Some(Request { message, reply }) = request else { return true };
+                let properties = properties(&message);
+                let publish = channel.basic_publish(
+                    ShortString::from(message.exchange),
+                    ShortString::from(message.routing_key),
+                    BasicPublishOptions { mandatory: true, immediate: false },
+                    &message.payload,
+                    properties,
+                );
+                match publish.await {
+                    Ok(confirm) => in_flight.push(async move {
+                        let outcome = match tokio::time::timeout(confirm_timeout, confirm).await {
+                            Ok(Ok(confirmation)) => outcome_of(confirmation),
+                            Ok(Err(err)) => PublishOutcome::Unavailable(err.to_string()),
+                            Err(_) => PublishOutcome::TimedOut,
+                        };
+                        (outcome, reply)
+                    }),
+                    Err(err) => {
+                        let _ = reply.send(PublishOutcome::Unavailable(err.to_string()));
+                        if !channel.status().connected() {
+                            warn!(error = %err, "Publishing channel closed; reopening.");
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn outcome_of(confirmation: Confirmation) -> PublishOutcome {
+    match confirmation {
+        Confirmation::Ack(None) => PublishOutcome::Confirmed,
+        Confirmation::Ack(Some(_)) => PublishOutcome::Unroutable,
+        Confirmation::Nack(_) => PublishOutcome::Rejected,
+        Confirmation::NotRequested => PublishOutcome::Unavailable("channel not in confirm mode".into()),
+    }
+}
+
+fn properties(message: &OutgoingMessage) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (name, value) in &message.headers {
+        let value = match value {
+            HeaderValue::Text(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
+            HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+        };
+        headers.insert(ShortString::from(name.as_str()), value);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(ShortString::from(message.message_id.as_str()))
+        .with_timestamp(now)
+        .with_app_id("messages-broker".into())
+        .with_headers(headers)
+}

@@ -1,0 +1,612 @@
+//! `POST /api/messages/publish` and `/publish/batch`: validate, check the allow-list and rate
+//! limits, fill in the platform envelope, hand to the publisher, answer after the broker's confirm.
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode},
+};
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+
+use super::{
+    AppState,
+    auth::{Caller, Client},
+    body::{json_body, too_large},
+    error::{ApiError, ErrorBody},
+    idempotency::{Claim, IdempotencyCache, Ticket},
+    rate_limit::RateLimits,
+};
+use crate::{
+    amqp::publisher::{HeaderValue, OutgoingMessage, PublishOutcome, Publisher},
+    settings::Scope,
+    store::message_logs::NewMessageLog,
+    workers::audit::AuditSink,
+};
+
+/// Everything the publish routes need beyond the common state.
+pub struct Publishing {
+    pub publisher: Publisher,
+    pub limits: RateLimits,
+    pub idempotency: IdempotencyCache,
+    /// `None` when `publish.audit` is off.
+    pub audit: Option<AuditSink>,
+}
+
+/// Longest routing key, message_id and header name RabbitMQ accepts (AMQP short strings).
+const SHORT_STRING: usize = 255;
+
+/// One message of a request, checked for shape; the exchange is checked later against the topology.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishInput {
+    pub exchange: String,
+    pub routing_key: String,
+    pub message: Map<String, Value>,
+    pub message_id: Option<String>,
+    pub headers: Vec<(String, HeaderValue)>,
+}
+
+/// Checks the shape of one publish request; every problem is reported, keyed by its field path.
+pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap<String, String>> {
+    let mut fields = BTreeMap::new();
+    let path = |name: &str| format!("{prefix}{name}");
+    let Some(object) = value.as_object() else {
+        fields.insert(
+            if prefix.is_empty() {
+                "body".into()
+            } else {
+                prefix.trim_end_matches('.').into()
+            },
+            "must be a JSON object".into(),
+        );
+        return Err(fields);
+    };
+    for key in object.keys() {
+        if !matches!(
+            key.as_str(),
+            "exchange" | "routing_key" | "message" | "message_id" | "headers"
+        ) {
+            fields.insert(path(key), "unknown field".into());
+        }
+    }
+    let exchange = match object.get("exchange") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) => {
+            fields.insert(path("exchange"), "must not be empty".into());
+            String::new()
+        }
+        Some(_) => {
+            fields.insert(path("exchange"), "must be a string".into());
+            String::new()
+        }
+        None => {
+            fields.insert(path("exchange"), "is required".into());
+            String::new()
+        }
+    };
+    let routing_key = match object.get("routing_key") {
+        Some(Value::String(s)) if s.len() <= SHORT_STRING => s.clone(),
+        Some(Value::String(_)) => {
+            fields.insert(path("routing_key"), format!("must be at most {SHORT_STRING} bytes"));
+            String::new()
+        }
+        Some(_) => {
+            fields.insert(path("routing_key"), "must be a string".into());
+            String::new()
+        }
+        None => {
+            fields.insert(
+                path("routing_key"),
+                "is required (may be empty for fanout exchanges)".into(),
+            );
+            String::new()
+        }
+    };
+    let message_id = match object.get("message_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= SHORT_STRING => Some(s.clone()),
+        Some(_) => {
+            fields.insert(
+                path("message_id"),
+                format!("must be a non-empty string of at most {SHORT_STRING} bytes"),
+            );
+            None
+        }
+    };
+    let mut headers = Vec::new();
+    match object.get("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (name, value) in map {
+                let field = path(&format!("headers.{name}"));
+                if name.is_empty() || name.len() > SHORT_STRING {
+                    fields.insert(field, format!("header names must be 1 to {SHORT_STRING} bytes"));
+                    continue;
+                }
+                // RabbitMQ owns x- headers (x-death, x-delay...): clients must not forge them.
+                if name.to_ascii_lowercase().starts_with("x-") {
+                    fields.insert(field, "x- headers are reserved for the broker".into());
+                    continue;
+                }
+                match value {
+                    Value::String(s) => headers.push((name.clone(), HeaderValue::Text(s.clone()))),
+                    Value::Bool(b) => headers.push((name.clone(), HeaderValue::Bool(*b))),
+                    Value::Number(n) if n.is_i64() => {
+                        headers.push((name.clone(), HeaderValue::Int(n.as_i64().unwrap_or_default())))
+                    }
+                    _ => {
+                        fields.insert(field, "must be a string, an integer or a boolean".into());
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            fields.insert(path("headers"), "must be an object".into());
+        }
+    }
+    let message = match object.get("message") {
+        Some(Value::Object(message)) => {
+            check_envelope(message, &path("message."), &mut fields);
+            message.clone()
+        }
+        Some(_) => {
+            fields.insert(path("message"), "must be an object".into());
+            Map::new()
+        }
+        None => {
+            fields.insert(path("message"), "is required".into());
+            Map::new()
+        }
+    };
+    if fields.is_empty() {
+        Ok(PublishInput {
+            exchange,
+            routing_key,
+            message,
+            message_id,
+            headers,
+        })
+    } else {
+        Err(fields)
+    }
+}
+
+/// The platform envelope: `event` and `data` required, `timestamp` RFC 3339, `metadata` an object.
+fn check_envelope(message: &Map<String, Value>, prefix: &str, fields: &mut BTreeMap<String, String>) {
+    match message.get("event") {
+        Some(Value::String(s)) if !s.trim().is_empty() => {}
+        Some(Value::String(_)) => {
+            fields.insert(format!("{prefix}event"), "must not be empty".into());
+        }
+        Some(_) => {
+            fields.insert(format!("{prefix}event"), "must be a string".into());
+        }
+        None => {
+            fields.insert(format!("{prefix}event"), "is required".into());
+        }
+    }
+    match message.get("data") {
+        Some(Value::Object(_)) => {}
+        Some(_) => {
+            fields.insert(format!("{prefix}data"), "must be an object".into());
+        }
+        None => {
+            fields.insert(format!("{prefix}data"), "is required".into());
+        }
+    }
+    match message.get("timestamp") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {}
+        Some(_) => {
+            fields.insert(format!("{prefix}timestamp"), "must be an RFC 3339 date-time".into());
+        }
+    }
+    match message.get("metadata") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(_) => {
+            fields.insert(format!("{prefix}metadata"), "must be an object".into());
+        }
+    }
+}
+
+/// Fills what the platform envelope promises: `timestamp`, `metadata.service`, `metadata.version`.
+pub fn complete_envelope(mut message: Map<String, Value>, client: &str) -> Map<String, Value> {
+    if message.get("timestamp").is_none_or(Value::is_null) {
+        message.insert(
+            "timestamp".into(),
+            Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true).into(),
+        );
+    }
+    let metadata = message.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    if metadata.is_null() {
+        *metadata = Value::Object(Map::new());
+    }
+    if let Value::Object(metadata) = metadata {
+        metadata.entry("service").or_insert_with(|| client.into());
+        metadata.entry("version").or_insert_with(|| "1.0".into());
+    }
+    message
+}
+
+/// One message on its way: either already answered, or ready for the publisher.
+enum Prepared<'a> {
+    Answered(Result<Value, ApiError>),
+    Ready {
+        message: OutgoingMessage,
+        ticket: Option<Ticket<'a>>,
+        body: Value,
+    },
+}
+
+async fn prepare<'a>(
+    state: &AppState,
+    publishing: &'a Publishing,
+    client: &Client,
+    value: &Value,
+    prefix: &str,
+    idempotency_key: Option<&str>,
+    in_batch: bool,
+) -> Prepared<'a> {
+    let input = match parse_input(value, prefix) {
+        Ok(input) => input,
+        Err(fields) => return Prepared::Answered(Err(ApiError::validation(fields))),
+    };
+    match state.topology.exchange(&input.exchange) {
+        Some(exchange) if !exchange.internal => {}
+        _ => {
+            return Prepared::Answered(Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_exchange",
+                format!("`{}` is not a public exchange of the topology.", input.exchange),
+            )));
+        }
+    }
+    if !client.may_publish_to(&input.exchange) {
+        return Prepared::Answered(Err(ApiError::forbidden(format!(
+            "Client `{}` may not publish to `{}`.",
+            client.name, input.exchange
+        ))));
+    }
+    let key = idempotency_key.map(str::to_owned).or_else(|| input.message_id.clone());
+    let ticket = match &key {
+        None => None,
+        Some(key) => match publishing.idempotency.claim(&client.name, key, !in_batch).await {
+            Claim::Replay(body) => return Prepared::Answered(Ok(body)),
+            Claim::First(ticket) => Some(ticket),
+            Claim::Busy => {
+                return Prepared::Answered(Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_conflict",
+                    format!("A request with message_id `{key}` is being published; retry to get its result."),
+                )));
+            }
+        },
+    };
+    if let Err(wait) = publishing.limits.check(&client.name, &input.exchange) {
+        state
+            .metrics
+            .rate_limited_total
+            .with_label_values(&[client.name.as_str()])
+            .inc();
+        count(state, &input.exchange, "rate_limited");
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Prepared::Answered(Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "Rate limit reached for `{}` on `{}`; retry in {seconds} s.",
+                client.name, input.exchange
+            ),
+        )
+        .with_retry_after(seconds)));
+    }
+    let message_id = input
+        .message_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let envelope = complete_envelope(input.message, &client.name);
+    let payload = serde_json::to_vec(&envelope).expect("a JSON map serializes");
+    if payload.len() > state.settings.app.max_body_bytes {
+        return Prepared::Answered(Err(too_large(state.settings.app.max_body_bytes)));
+    }
+    let mut headers = input.headers;
+    headers.push(("published-by".into(), HeaderValue::Text(client.name.clone())));
+    let body = json!({
+        "message_id": message_id,
+        "exchange": input.exchange,
+        "routing_key": input.routing_key,
+        "status": "published",
+    });
+    let message = OutgoingMessage {
+        exchange: input.exchange,
+        routing_key: input.routing_key,
+        payload,
+        message_id,
+        headers,
+    };
+    Prepared::Ready { message, ticket, body }
+}
+
+fn count(state: &AppState, exchange: &str, outcome: &str) {
+    state
+        .metrics
+        .published_total
+        .with_label_values(&[exchange, outcome])
+        .inc();
+}
+
+/// Turns the broker's answer into the API's, and records it.
+fn settle(
+    state: &AppState,
+    publishing: &Publishing,
+    client: &Client,
+    message: &OutgoingMessage,
+    outcome: PublishOutcome,
+    ticket: Option<Ticket<'_>>,
+    body: Value,
+) -> Result<Value, ApiError> {
+    let (label, result) = match outcome {
+        PublishOutcome::Confirmed => ("published", Ok(body)),
+        PublishOutcome::Unroutable => (
+            "unroutable",
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unroutable",
+                format!(
+                    "No queue is bound to `{}` for routing key `{}`; the message was not stored.",
+                    message.exchange, message.routing_key
+                ),
+            )),
+        ),
+        PublishOutcome::Rejected => (
+            "queue_full",
+            Err(ApiError::unavailable(
+                "queue_full",
+                "A destination queue is full and refused the message; retry later.",
+            )
+            .with_retry_after(1)),
+        ),
+        PublishOutcome::Unavailable(reason) => (
+            "broker_unavailable",
+            Err(
+                ApiError::unavailable("broker_unavailable", format!("RabbitMQ is unavailable: {reason}."))
+                    .with_retry_after(1),
+            ),
+        ),
+        PublishOutcome::TimedOut => (
+            "timeout",
+            Err(ApiError::unavailable(
+                "broker_unavailable",
+                "RabbitMQ did not confirm in time; the message may or may not have been stored.",
+            )
+            .with_retry_after(1)),
+        ),
+    };
+    count(state, &message.exchange, label);
+    if let Ok(body) = &result {
+        if let Some(ticket) = ticket {
+            ticket.complete(body.clone());
+        }
+        if let Some(audit) = &publishing.audit {
+            audit.record(NewMessageLog {
+                message_id: message.message_id.clone(),
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                published_at: Utc::now(),
+                metadata: json!({"client": client.name}).to_string(),
+            });
+        }
+    }
+    result
+}
+
+fn publishing(state: &AppState) -> Result<&Arc<Publishing>, ApiError> {
+    state
+        .publishing
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("Publishing is served by the `api` role."))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.trim().is_empty() && key.len() <= SHORT_STRING => Ok(Some(key.trim().to_owned())),
+        _ => {
+            let mut fields = BTreeMap::new();
+            fields.insert(
+                "Idempotency-Key".into(),
+                format!("must be 1 to {SHORT_STRING} visible ASCII characters"),
+            );
+            Err(ApiError::validation(fields))
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/messages/publish", tag = "messages", security(("bearer" = [])),
+    request_body(content = Object, description = "{\"exchange\", \"routing_key\", \"message\": {\"event\", \"data\", \"timestamp\"?, \"metadata\"?}, \"message_id\"?, \"headers\"?}"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Publishing the same key again within 24 h answers the first result")),
+    responses(
+        (status = 201, description = "Confirmed by the broker: {message_id, exchange, routing_key, status: published}"),
+        (status = 400, body = ErrorBody, description = "invalid_json"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody, description = "payload_too_large"),
+        (status = 415, body = ErrorBody, description = "unsupported_media_type"),
+        (status = 422, body = ErrorBody, description = "validation_failed, unknown_exchange, unroutable"),
+        (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After"),
+        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable"),
+    ))]
+pub async fn publish(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let started = Instant::now();
+    client.require(Scope::Publish)?;
+    let publishing = publishing(&state)?.clone();
+    let value = json_body(&headers, body, state.settings.app.max_body_bytes)?;
+    let key = idempotency_key(&headers)?;
+    match prepare(&state, &publishing, &client, &value, "", key.as_deref(), false).await {
+        Prepared::Answered(result) => result.map(|body| (StatusCode::CREATED, Json(body))),
+        Prepared::Ready { message, ticket, body } => {
+            let outcome = publishing.publisher.publish(message.clone()).await;
+            state
+                .metrics
+                .publish_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            settle(&state, &publishing, &client, &message, outcome, ticket, body)
+                .map(|b| (StatusCode::CREATED, Json(b)))
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/messages/publish/batch", tag = "messages", security(("bearer" = [])),
+    request_body(content = Object, description = "{\"messages\": [publish bodies]} (at most 500)"),
+    responses(
+        (status = 200, description = "{results: [...]}: one per message, in order; each {index, status: 201, message_id, exchange, routing_key} or {index, status, error, message}"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "not a list, or more than the batch limit"),
+    ))]
+pub async fn publish_batch(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    client.require(Scope::Publish)?;
+    let publishing = publishing(&state)?.clone();
+    let value = json_body(&headers, body, state.settings.publish.max_batch_body_bytes)?;
+    let max = state.settings.publish.max_batch_messages;
+    let items = match value.get("messages") {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= max => items,
+        Some(Value::Array(items)) => {
+            let reason = if items.is_empty() {
+                "must not be empty".into()
+            } else {
+                format!("at most {max} messages")
+            };
+            return Err(ApiError::validation(BTreeMap::from([("messages".into(), reason)])));
+        }
+        _ => {
+            return Err(ApiError::validation(BTreeMap::from([(
+                "messages".into(),
+                "must be a list".into(),
+            )])));
+        }
+    };
+
+    let mut slots = Vec::with_capacity(items.len());
+    let mut seen_ids = std::collections::HashSet::new();
+    for (index, item) in items.iter().enumerate() {
+        let prefix = format!("messages[{index}].");
+        if let Some(id) = item.get("message_id").and_then(Value::as_str)
+            && !seen_ids.insert(id)
+        {
+            let fields = BTreeMap::from([(format!("{prefix}message_id"), "appears twice in this batch".into())]);
+            slots.push(Prepared::Answered(Err(ApiError::validation(fields))));
+            continue;
+        }
+        slots.push(prepare(&state, &publishing, &client, item, &prefix, None, true).await);
+    }
+    let ready: Vec<OutgoingMessage> = slots
+        .iter()
+        .filter_map(|slot| match slot {
+            Prepared::Ready { message, .. } => Some(message.clone()),
+            Prepared::Answered(_) => None,
+        })
+        .collect();
+    let mut outcomes = publishing.publisher.publish_many(ready).await.into_iter();
+    state
+        .metrics
+        .publish_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+
+    let results: Vec<Value> = slots
+        .into_iter()
+        .enumerate()
+        .map(|(index, slot)| {
+            let result = match slot {
+                Prepared::Answered(result) => result,
+                Prepared::Ready { message, ticket, body } => {
+                    let outcome = outcomes.next().unwrap_or(PublishOutcome::Unavailable("no outcome".into()));
+                    settle(&state, &publishing, &client, &message, outcome, ticket, body)
+                }
+            };
+            match result {
+                Ok(mut body) => {
+                    body["index"] = index.into();
+                    body["status"] = 201.into();
+                    body
+                }
+                Err(err) => {
+                    let mut item = json!({"index": index, "status": err.status.as_u16(), "error": err.code, "message": err.message});
+                    if let Some(fields) = err.fields {
+                        item["fields"] = json!(fields);
+                    }
+                    item
+                }
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_body_parses() {
+        let value = json!({"exchange": "orders_exchange", "routing_key": "orders.created",
+            "message": {"event": "order.created", "data": {"id": 1}}, "headers": {"tenant": "fr", "n": 2, "b": true}});
+        let input = parse_input(&value, "").unwrap();
+        assert_eq!(input.exchange, "orders_exchange");
+        assert_eq!(input.headers.len(), 3);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let value = json!({"exchange": 3, "message": {"event": "", "data": [], "timestamp": "yesterday", "metadata": 1},
+            "headers": {"x-death": "forged", "h": 1.5}, "extra": true});
+        let fields = parse_input(&value, "").unwrap_err();
+        let keys: Vec<&str> = fields.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "exchange",
+                "extra",
+                "headers.h",
+                "headers.x-death",
+                "message.data",
+                "message.event",
+                "message.metadata",
+                "message.timestamp",
+                "routing_key"
+            ]
+        );
+        assert_eq!(parse_input(&json!([1]), "").unwrap_err().keys().next().unwrap(), "body");
+        assert!(
+            parse_input(&json!({"exchange": "e", "routing_key": "r"}), "")
+                .unwrap_err()
+                .contains_key("message")
+        );
+    }
+
+    #[test]
+    fn the_envelope_is_completed_not_overwritten() {
+        let mut message = Map::new();
+        message.insert("event".into(), "a".into());
+        message.insert("metadata".into(), json!({"version": "2.0"}));
+        let done = complete_envelope(message, "orders-service");
+        assert!(chrono::DateTime::parse_from_rfc3339(done["timestamp"].as_str().unwrap()).is_ok());
+        assert_eq!(done["metadata"], json!({"version": "2.0", "service": "orders-service"}));
+    }
+}

@@ -1,0 +1,40 @@
+//! `message_logs`: the audit trail of published messages.
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlPool, QueryBuilder};
+
+use super::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct NewMessageLog {
+    pub message_id: String,
+    pub exchange: String,
+    pub routing_key: String,
+    /// The published JSON body, as sent.
+    pub payload: String,
+    pub published_at: DateTime<Utc>,
+    /// JSON object: publishing client, headers.
+    pub metadata: String,
+}
+
+/// Inserts a batch in one statement; a message_id already logged (an idempotent replay, a
+/// retried batch) is skipped rather than failing the batch.
+pub async fn insert_batch(pool: &MySqlPool, rows: &[NewMessageLog]) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut query = QueryBuilder::new(
+        "INSERT IGNORE INTO message_logs (message_id, exchange, routing_key, payload, status, published_at, metadata) ",
+    );
+    query.push_values(rows, |mut row, log| {
+        row.push_bind(&log.message_id)
+            .push_bind(&log.exchange)
+            .push_bind(&log.routing_key)
+            .push_bind(&log.payload)
+            .push_bind("published")
+            .push_bind(log.published_at.naive_utc())
+            .push_bind(&log.metadata);
+    });
+    let result = query.build().execute(pool).await?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,94 @@
+//! The audit writer: takes published messages from a bounded channel and writes them to
+//! `message_logs` in batches. It never slows publishing: when the database is slow or down the
+//! channel fills, further rows are dropped and counted (`messages_broker_audit_dropped_total`).
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::MySqlPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    backoff::Backoff,
+    metrics::Metrics,
+    store::message_logs::{self, NewMessageLog},
+};
+
+/// Rows per INSERT.
+const BATCH: usize = 500;
+
+/// The publishing side: never blocks.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<NewMessageLog>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditSink {
+    pub fn record(&self, row: NewMessageLog) {
+        match self.tx.try_send(row) {
+            Ok(()) => self.metrics.audit_backlog.inc(),
+            Err(_) => self.metrics.audit_dropped_total.inc(),
+        }
+    }
+}
+
+pub fn channel(capacity: usize, metrics: Arc<Metrics>) -> (AuditSink, mpsc::Receiver<NewMessageLog>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (AuditSink { tx, metrics }, rx)
+}
+
+/// Writes batches until cancelled, then flushes what is queued (one attempt, under the deadline
+/// of the shutdown).
+pub async fn run(
+    pool: MySqlPool,
+    mut rx: mpsc::Receiver<NewMessageLog>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let received = tokio::select! {
+            _ = cancel.cancelled() => {
+                rx.close();
+                while rx.recv_many(&mut batch, BATCH).await > 0 {
+                    write(&pool, &mut batch, &metrics).await.ok();
+                }
+                return;
+            }
+            n = rx.recv_many(&mut batch, BATCH) => n,
+        };
+        if received == 0 {
+            return;
+        }
+        // Hold the batch until it is written: retried with backoff while the database is down.
+        while let Err(err) = write(&pool, &mut batch, &metrics).await {
+            let delay = backoff.next_delay();
+            if backoff.attempts() == 1 {
+                warn!(error = %err, rows = batch.len(), "Cannot write the audit log; holding rows and retrying.");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        if backoff.attempts() > 0 {
+            info!("Audit log writable again.");
+            backoff.reset();
+        }
+    }
+}
+
+async fn write(
+    pool: &MySqlPool,
+    batch: &mut Vec<NewMessageLog>,
+    metrics: &Metrics,
+) -> Result<(), crate::store::StoreError> {
+    message_logs::insert_batch(pool, batch).await?;
+    metrics.audit_written_total.inc_by(batch.len() as u64);
+    metrics.audit_backlog.sub(batch.len() as i64);
+    batch.clear();
+    Ok(())
+}

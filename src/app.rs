@@ -26,6 +26,9 @@ use crate::{
         Role, Supervisor,
         applier::{self, Mode, TopologyState},
         audit,
+        ingester::Ingester,
+        retrier::Retrier,
+        stats,
     },
 };
 
@@ -157,21 +160,71 @@ impl App {
                 )
             });
         }
-        for role in [Role::Ingester, Role::Retrier, Role::Stats] {
-            if roles.contains(role) {
-                let cancel = front_cancel.clone();
-                front.spawn_supervised(role.as_str(), front_cancel.clone(), move || idle(role, cancel.clone()));
-            }
+        // Queue stats: polled on a schedule, read by the API from the `watch`, never per request.
+        let management = ManagementClient::new(&settings.rabbitmq);
+        let (stats_tx, stats_rx) = stats::snapshot_channel();
+        if roles.contains(Role::Stats) {
+            let poller = stats::Stats {
+                management: management.clone(),
+                link: link_rx.clone(),
+                topology: topology.clone(),
+                pool: pool.clone(),
+                db_migrated: migrated_rx.clone(),
+                metrics: metrics.clone(),
+                snapshot: stats_tx,
+                interval: settings.stats.interval,
+            };
+            let cancel = front_cancel.clone();
+            front.spawn_supervised("stats", front_cancel.clone(), move || {
+                poller.clone().run(cancel.clone())
+            });
         }
 
-        // Publishing (api role): the confirm pipeline, its guards, and the audit writer.
-        let publishing = roles.contains(Role::Api).then(|| {
+        // The confirm pipeline, shared by the publish routes and the retrier.
+        let publisher = (roles.contains(Role::Api) || roles.contains(Role::Retrier)).then(|| {
             let (publisher, worker) = Publisher::new(
                 link_rx.clone(),
                 settings.publish.confirm_timeout,
                 pipeline_cancel.clone(),
             );
             pipeline.spawn_named("publisher", worker);
+            publisher
+        });
+
+        // Dead letters: the ingester stores them, the retrier (and the API's retry routes) act.
+        if let (true, Some(pool)) = (roles.contains(Role::Ingester), &pool) {
+            let ingester = Ingester {
+                settings: settings.clone(),
+                topology: topology.clone(),
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                link: link_rx.clone(),
+                topology_state: topology_rx.clone(),
+                db_migrated: migrated_rx.clone(),
+            };
+            let cancel = front_cancel.clone();
+            front.spawn_supervised("ingester", front_cancel.clone(), move || {
+                ingester.clone().run(cancel.clone())
+            });
+        }
+        let retrier = match (&publisher, &pool) {
+            (Some(publisher), Some(pool)) => Some(Arc::new(Retrier {
+                settings: settings.clone(),
+                pool: pool.clone(),
+                publisher: publisher.clone(),
+                metrics: metrics.clone(),
+            })),
+            _ => None,
+        };
+        if let (true, Some(retrier)) = (roles.contains(Role::Retrier), &retrier) {
+            let (retrier, migrated, cancel) = (retrier.clone(), migrated_rx.clone(), front_cancel.clone());
+            front.spawn_supervised("retrier", front_cancel.clone(), move || {
+                retrier.as_ref().clone().run(migrated.clone(), cancel.clone())
+            });
+        }
+
+        // Publishing (api role): the publish routes' guards and the audit writer.
+        let publishing = publisher.filter(|_| roles.contains(Role::Api)).map(|publisher| {
             let audit = match (&pool, settings.publish.audit) {
                 (Some(pool), true) => {
                     let (sink, rx) = audit::channel(settings.publish.audit_queue, metrics.clone());
@@ -204,6 +257,9 @@ impl App {
             pool,
             db_migrated: migrated_rx,
             publishing,
+            retrier,
+            stats: stats_rx,
+            management,
         };
         let bind = format!("{}:{}", settings.app.host, settings.app.port);
         let listener = tokio::net::TcpListener::bind(&bind)
@@ -304,13 +360,6 @@ async fn run_migrations(pool: sqlx::MySqlPool, done: watch::Sender<bool>, cancel
             }
         }
     }
-}
-
-/// Roles whose work is not built yet keep their slot (and their span) until their issue lands.
-async fn idle(role: Role, cancel: CancellationToken) -> anyhow::Result<()> {
-    info!(%role, "Role has nothing to do yet in this version; idling.");
-    cancel.cancelled().await;
-    Ok(())
 }
 
 async fn shutdown_signal() -> &'static str {

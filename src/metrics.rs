@@ -2,7 +2,8 @@
 //! One registry per [`Metrics`] so that several apps in one test process do not collide.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 const PREFIX: &str = "messages_broker";
@@ -43,6 +44,17 @@ pub struct Metrics {
     pub audit_dropped_total: IntCounter,
     /// Audit rows written to message_logs.
     pub audit_written_total: IntCounter,
+    /// Messages per second delivered to consumers (or fetched), from the management API.
+    pub queue_deliver_rate: GaugeVec,
+    /// Ready messages of a queue whose deliveries have stalled (deliver rate ~0), else 0.
+    pub queue_consumer_lag: IntGaugeVec,
+    /// Unresolved failed messages (pending, retrying, failed) in the database, by queue.
+    pub queue_failed_messages: IntGaugeVec,
+    /// 1 when the last stats poll could read the RabbitMQ management API, 0 when it fell back.
+    /// Label-less vector: absent from processes without the stats role, instead of a false 0.
+    pub management_api_up: IntGaugeVec,
+    /// Memory limit of this process's cgroup (container limit), bytes; absent without a limit.
+    pub memory_limit_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -143,6 +155,43 @@ impl Metrics {
                 "Audit rows written to message_logs.",
             ))
             .unwrap(),
+            queue_deliver_rate: GaugeVec::new(
+                opts(
+                    "queue_deliver_rate",
+                    "Messages per second delivered to consumers (or fetched), from the management API.",
+                ),
+                &["queue"],
+            )
+            .unwrap(),
+            queue_consumer_lag: IntGaugeVec::new(
+                opts(
+                    "queue_consumer_lag",
+                    "Ready messages of a queue whose deliveries have stalled (deliver rate ~0), else 0.",
+                ),
+                &["queue"],
+            )
+            .unwrap(),
+            queue_failed_messages: IntGaugeVec::new(
+                opts(
+                    "queue_failed_messages",
+                    "Unresolved failed messages (pending, retrying, failed) in the database, by queue.",
+                ),
+                &["queue"],
+            )
+            .unwrap(),
+            management_api_up: IntGaugeVec::new(
+                opts(
+                    "management_api_up",
+                    "1 when the last stats poll could read the RabbitMQ management API, 0 when it fell back.",
+                ),
+                &[],
+            )
+            .unwrap(),
+            memory_limit_bytes: IntGauge::with_opts(opts(
+                "memory_limit_bytes",
+                "Memory limit of this process's cgroup (container limit), bytes; absent without a limit.",
+            ))
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -168,11 +217,29 @@ impl Metrics {
             Box::new(self.audit_backlog.clone()),
             Box::new(self.audit_dropped_total.clone()),
             Box::new(self.audit_written_total.clone()),
+            Box::new(self.queue_deliver_rate.clone()),
+            Box::new(self.queue_consumer_lag.clone()),
+            Box::new(self.queue_failed_messages.clone()),
+            Box::new(self.management_api_up.clone()),
         ];
         for collector in collectors {
             // Names are constants defined above: a clash is a programming error caught by tests.
             self.registry.register(collector).expect("metric registered twice");
         }
+        // Only with a limit: a made-up value would mislead the memory-pressure alert, which falls
+        // back to the seed's 512 MiB on its own (compose/prometheus/alerts.yml).
+        if let Some(limit) = cgroup_memory_limit().and_then(|l| i64::try_from(l).ok()) {
+            self.memory_limit_bytes.set(limit);
+            self.registry
+                .register(Box::new(self.memory_limit_bytes.clone()))
+                .expect("metric registered twice");
+        }
+        // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total...: the
+        // standard names, unprefixed, so the usual dashboards and alerts apply.
+        #[cfg(target_os = "linux")]
+        self.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("metric registered twice");
     }
 
     /// The Prometheus text exposition of every metric.
@@ -183,6 +250,41 @@ impl Metrics {
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
     }
+}
+
+/// Values at or above this mean "no limit" (cgroup v1 writes a page-rounded `i64::MAX`).
+const UNLIMITED: u64 = 1 << 60;
+
+/// The memory limit of this process's cgroup, v2 (`memory.max`) or v1 (`memory.limit_in_bytes`):
+/// the container's limit under Docker or Kubernetes. `None` without a limit or outside Linux.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut candidates = Vec::new();
+    for line in membership.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = path.trim_end_matches('/');
+        if controllers.is_empty() {
+            candidates.push(format!("/sys/fs/cgroup{path}/memory.max"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            candidates.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+        }
+    }
+    // Inside a container the cgroup namespace makes the container's own group the root.
+    candidates.push("/sys/fs/cgroup/memory.max".into());
+    candidates.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".into());
+    candidates.iter().find_map(|file| {
+        let text = std::fs::read_to_string(file).ok()?;
+        parse_memory_limit(&text)
+    })
+}
+
+/// `max` (v2) and huge values (v1) mean no limit.
+fn parse_memory_limit(text: &str) -> Option<u64> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&limit| limit > 0 && limit < UNLIMITED)
 }
 
 impl Default for Metrics {
@@ -200,5 +302,17 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("messages_broker_amqp_connected 1"), "{text}");
         assert!(text.contains("# HELP messages_broker_amqp_reconnects_total"));
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        // Set by the stats role only: other processes must not claim the API is down.
+        assert!(!text.contains("messages_broker_management_api_up"), "{text}");
+    }
+
+    #[test]
+    fn memory_limits_read_like_the_kernel_writes_them() {
+        assert_eq!(super::parse_memory_limit("536870912\n"), Some(536_870_912));
+        assert_eq!(super::parse_memory_limit("max\n"), None);
+        assert_eq!(super::parse_memory_limit("9223372036854771712\n"), None);
+        assert_eq!(super::parse_memory_limit("0"), None);
     }
 }

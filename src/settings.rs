@@ -50,6 +50,8 @@ pub struct Settings {
     pub message: MessageSettings,
     pub retry: RetrySettings,
     pub publish: PublishSettings,
+    pub stats: StatsSettings,
+    pub ingest: IngestSettings,
     pub auth: AuthSettings,
 }
 
@@ -226,7 +228,7 @@ impl RabbitMqSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MessageSettings {
     /// `MESSAGE_TTL`, ms: when set, replaces `queue_defaults.message_ttl` of the topology.
@@ -237,6 +239,17 @@ pub struct MessageSettings {
     pub retry_delay: Option<u64>,
     /// `DLQ_TTL`, ms: when set, replaces `dead_letter_queues.message_ttl` of the topology.
     pub dlq_ttl: Option<u32>,
+}
+
+impl Default for MessageSettings {
+    fn default() -> Self {
+        Self {
+            ttl: None,
+            max_retries: 3,
+            retry_delay: None,
+            dlq_ttl: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +308,41 @@ impl Default for PublishSettings {
             audit_queue: 20_000,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_max_keys: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsSettings {
+    /// How often the stats role reads the broker.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for StatsSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Unacked dead letters per consumer: also the largest batch of rows written at once.
+    pub prefetch: u16,
+    /// How long a partial batch waits for more dead letters before it is written.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            prefetch: 500,
+            batch_linger: Duration::from_millis(50),
         }
     }
 }
@@ -570,6 +618,12 @@ impl Settings {
                 "publish.max_batch_messages",
                 "max_batch_messages and audit_queue must be at least 1",
             ));
+        }
+        if self.stats.interval < Duration::from_millis(100) {
+            return Err(SettingsError::new("stats.interval", "must be at least 100ms"));
+        }
+        if self.ingest.prefetch == 0 {
+            return Err(SettingsError::new("ingest.prefetch", "must be at least 1"));
         }
         if self.app.max_body_bytes < 1024 {
             return Err(SettingsError::new("app.max_body_bytes", "must be at least 1024"));

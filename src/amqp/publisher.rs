@@ -11,7 +11,7 @@ use futures_util::{StreamExt, stream::FuturesUnordered};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -26,15 +26,8 @@ pub struct OutgoingMessage {
     pub routing_key: String,
     pub payload: Vec<u8>,
     pub message_id: String,
-    /// Application headers (strings, integers, booleans).
-    pub headers: Vec<(String, HeaderValue)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum HeaderValue {
-    Text(String),
-    Int(i64),
-    Bool(bool),
+    /// Application headers.
+    pub headers: Vec<(String, AMQPValue)>,
 }
 
 /// What the broker did with one message.
@@ -230,12 +223,7 @@ fn outcome_of(confirmation: Confirmation) -> PublishOutcome {
 fn properties(message: &OutgoingMessage) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in &message.headers {
-        let value = match value {
-            HeaderValue::Text(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-            HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
-            HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
-        };
-        headers.insert(ShortString::from(name.as_str()), value);
+        headers.insert(ShortString::from(name.as_str()), value.clone());
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -4,10 +4,12 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod failed;
 pub mod idempotency;
 pub mod openapi;
 pub mod probes;
 pub mod publish;
+pub mod queues;
 pub mod rate_limit;
 pub mod topology;
 
@@ -23,7 +25,7 @@ use sqlx::MySqlPool;
 use tokio::sync::watch;
 
 use crate::{
-    amqp::connection::LinkReceiver,
+    amqp::{connection::LinkReceiver, management::ManagementClient},
     metrics::Metrics,
     settings::Settings,
     topology::Topology,
@@ -46,6 +48,12 @@ pub struct AppState {
     pub db_migrated: watch::Receiver<bool>,
     /// The publisher and its guards; `None` unless this process runs the `api` role.
     pub publishing: Option<Arc<publish::Publishing>>,
+    /// Retries on demand (manual and bulk retry routes); needs the publisher and the database.
+    pub retrier: Option<Arc<crate::workers::retrier::Retrier>>,
+    /// The stats role's latest snapshot; stays `None` in processes without the role.
+    pub stats: crate::workers::stats::SnapshotReceiver,
+    /// For the readiness check of processes without the stats role (the others read the snapshot).
+    pub management: ManagementClient,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -58,7 +66,15 @@ pub fn router(state: AppState) -> Router {
             .route(
                 "/api/messages/publish/batch",
                 post(publish::publish_batch).layer(batch_limit),
-            );
+            )
+            .route("/api/messages/failed", get(failed::list))
+            .route("/api/messages/failed/retry", post(failed::retry_matching))
+            .route("/api/messages/failed/{id}", get(failed::show).delete(failed::delete))
+            .route("/api/messages/retry/{id}", post(failed::retry_one));
+        api = api
+            .route("/api/queues", get(queues::list))
+            .route("/api/queues/{queue}/stats", get(queues::stats))
+            .route("/api/queues/{queue}/purge", post(queues::purge));
     }
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
 

@@ -6,13 +6,20 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{error, probes, publish, topology};
+use super::{error, failed, probes, publish, queues, topology};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "messages-broker", description = "RabbitMQ coordination for the e-commerce platform."),
-    paths(probes::health, probes::ready, probes::metrics, topology::show, publish::publish, publish::publish_batch),
-    components(schemas(error::ErrorBody, probes::Health, probes::Readiness)),
+    paths(
+        probes::health, probes::ready, probes::metrics, topology::show, publish::publish, publish::publish_batch,
+        failed::list, failed::show, failed::retry_one, failed::retry_matching, failed::delete,
+        queues::list, queues::stats, queues::purge,
+    ),
+    components(schemas(
+        error::ErrorBody, probes::Health, probes::Readiness,
+        queues::QueueSummary, queues::QueueStatsBody, queues::Rates, queues::PurgeBody,
+    )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -9,7 +9,13 @@ use axum::{
 use serde::Serialize;
 
 use super::AppState;
-use crate::{store, workers::applier::TopologyState};
+use crate::{
+    store,
+    workers::{applier::TopologyState, stats::Source},
+};
+
+/// Bound on the management API check of processes without the stats role.
+const MANAGEMENT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Health {
@@ -38,6 +44,9 @@ pub struct Checks {
     pub broker: Check,
     pub topology: Check,
     pub database: Check,
+    /// Informational: never makes the process unready on its own, since the stats role falls
+    /// back to passive declares without it (no rates then).
+    pub management: Check,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -71,7 +80,8 @@ impl Check {
     }
 }
 
-/// Readiness: broker connected, topology applied, database reachable and migrated.
+/// Readiness: broker connected, topology applied, database reachable and migrated. The
+/// management API's state is reported too, but does not count.
 #[utoipa::path(get, path = "/api/ready", tag = "probes", responses(
     (status = 200, body = Readiness), (status = 503, body = Readiness, description = "At least one check is down")
 ))]
@@ -85,14 +95,17 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         TopologyState::Pending => Check::down("not applied yet"),
         TopologyState::Failed { problems, .. } => Check::down(problems.join("; ")),
     };
-    let database = match &state.pool {
-        None => Check::skipped("no role of this process uses the database"),
-        Some(pool) => match store::ping(pool).await {
-            Err(err) => Check::down(err.to_string()),
-            Ok(()) if !*state.db_migrated.borrow() => Check::down("migrations not applied yet"),
-            Ok(()) => Check::up("reachable, migrated"),
-        },
+    let database = async {
+        match &state.pool {
+            None => Check::skipped("no role of this process uses the database"),
+            Some(pool) => match store::ping(pool).await {
+                Err(err) => Check::down(err.to_string()),
+                Ok(()) if !*state.db_migrated.borrow() => Check::down("migrations not applied yet"),
+                Ok(()) => Check::up("reachable, migrated"),
+            },
+        }
     };
+    let (database, management) = tokio::join!(database, management_check(&state));
     let all_ok = broker.ok() && topology.ok() && database.ok();
     let body = Readiness {
         status: if all_ok { "ready" } else { "not_ready" },
@@ -100,6 +113,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             broker,
             topology,
             database,
+            management,
         },
     };
     let status = if all_ok {
@@ -108,6 +122,27 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// The management API as the stats role last saw it; processes without the role (or before its
+/// first poll) ask the API itself, briefly.
+async fn management_check(state: &AppState) -> Check {
+    let snapshot = state.stats.borrow().clone();
+    if let Some(snapshot) = snapshot {
+        let age = (chrono::Utc::now() - snapshot.taken_at).num_seconds().max(0);
+        return match snapshot.source {
+            Source::ManagementApi => Check::up(format!("reachable (queue stats read {age} s ago)")),
+            Source::PassiveDeclare | Source::Unavailable => Check::down(format!(
+                "{} ({age} s ago); queue stats fall back to passive declares",
+                snapshot.management_error.as_deref().unwrap_or("unreachable")
+            )),
+        };
+    }
+    match tokio::time::timeout(MANAGEMENT_CHECK_TIMEOUT, state.management.overview()).await {
+        Ok(Ok(_)) => Check::up("reachable"),
+        Ok(Err(err)) => Check::down(err.to_string()),
+        Err(_) => Check::down(format!("no answer within {MANAGEMENT_CHECK_TIMEOUT:?}")),
+    }
 }
 
 /// Prometheus text exposition.

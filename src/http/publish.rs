@@ -21,7 +21,10 @@ use super::{
     rate_limit::RateLimits,
 };
 use crate::{
-    amqp::publisher::{HeaderValue, OutgoingMessage, PublishOutcome, Publisher},
+    amqp::{
+        headers,
+        publisher::{OutgoingMessage, PublishOutcome, Publisher},
+    },
     settings::Scope,
     store::message_logs::NewMessageLog,
     workers::audit::AuditSink,
@@ -46,7 +49,7 @@ pub struct PublishInput {
     pub routing_key: String,
     pub message: Map<String, Value>,
     pub message_id: Option<String>,
-    pub headers: Vec<(String, HeaderValue)>,
+    pub headers: Vec<(String, Value)>,
 }
 
 /// Checks the shape of one publish request; every problem is reported, keyed by its field path.
@@ -132,11 +135,8 @@ pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap
                     continue;
                 }
                 match value {
-                    Value::String(s) => headers.push((name.clone(), HeaderValue::Text(s.clone()))),
-                    Value::Bool(b) => headers.push((name.clone(), HeaderValue::Bool(*b))),
-                    Value::Number(n) if n.is_i64() => {
-                        headers.push((name.clone(), HeaderValue::Int(n.as_i64().unwrap_or_default())))
-                    }
+                    Value::String(_) | Value::Bool(_) => headers.push((name.clone(), value.clone())),
+                    Value::Number(n) if n.is_i64() => headers.push((name.clone(), value.clone())),
                     _ => {
                         fields.insert(field, "must be a string, an integer or a boolean".into());
                     }
@@ -312,8 +312,12 @@ async fn prepare<'a>(
     if payload.len() > state.settings.app.max_body_bytes {
         return Prepared::Answered(Err(too_large(state.settings.app.max_body_bytes)));
     }
-    let mut headers = input.headers;
-    headers.push(("published-by".into(), HeaderValue::Text(client.name.clone())));
+    let mut headers: Vec<_> = input
+        .headers
+        .iter()
+        .map(|(name, value)| (name.clone(), headers::from_json(value)))
+        .collect();
+    headers.push(("published-by".into(), headers::from_json(&client.name.as_str().into())));
     let body = json!({
         "message_id": message_id,
         "exchange": input.exchange,

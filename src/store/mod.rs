@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod failed_messages;
+pub mod failed_stats;
 pub mod message_logs;
 
 use sqlx::{MySqlPool, mysql::MySqlPoolOptions};

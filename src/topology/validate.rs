@@ -742,6 +742,13 @@ const QUORUM_REJECT_PUBLISH_DLX: &str =
 const REJECT_PUBLISH_DLX_WITHOUT_DLX: &str =
     "overflow `reject-publish-dlx` dead-letters rejected messages, but this queue has no dead-letter exchange";
 
+/// Whether `name` is spelled like an exchange or queue name of ours: 1 to 255 bytes of ASCII
+/// letters, digits, `_ . - :`. For names that come from requests, checked before they reach the
+/// broker; the `amq.` prefix is let through since server-named queues (`amq.gen-...`) exist.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && bad_characters(name).is_none()
+}
+
 /// `None` when every character is allowed; otherwise the reason, naming the offending characters.
 fn bad_characters(name: &str) -> Option<String> {
     let mut bad: Vec<char> = Vec::new();

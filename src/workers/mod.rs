@@ -3,6 +3,9 @@
 
 pub mod applier;
 pub mod audit;
+pub mod ingester;
+pub mod retrier;
+pub mod stats;
 
 use std::{
     collections::BTreeSet,

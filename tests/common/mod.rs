@@ -2,6 +2,8 @@
 //! spawned on port 0 against the real RabbitMQ and MariaDB, and polling with a deadline.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod proxy;
+
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use messages_broker::{
@@ -131,6 +133,13 @@ impl TestEnv {
         ];
         create_database(&settings).await;
         Self { prefix, settings, dir }
+    }
+
+    /// The database settings without any proxy in between.
+    pub fn direct_database(settings: &Settings) -> messages_broker::settings::DatabaseSettings {
+        let mut database = settings.database.clone();
+        database.port = Settings::default().database.port;
+        database
     }
 
     pub fn topology_path(&self) -> PathBuf {

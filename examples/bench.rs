@@ -1,0 +1,1013 @@
+//! Benchmarks of `scripts/bench.sh`. Each section is a subcommand; `scripts/bench.sh` starts the
+//! service and runs them. Measurements only: the exit code is 0 even when a goal is missed (the
+//! printout says `MISSED`); it is non-zero only when the benchmark itself cannot run.
+//!
+//! `bench publish` measures, one after the other and against the same queue, with a drain consumer
+//! keeping that queue empty for the whole run:
+//!
+//! - (a) the broker's ceiling: persistent, mandatory, confirmed publishes straight over AMQP, one
+//!   connection, one channel, a window of 256 publishes in flight;
+//! - (b) `POST /api/messages/publish` of the service, 32 connections each sending one request at a
+//!   time;
+//! - (c) `POST /api/messages/publish/batch`, 4 connections, 250 messages per request;
+//! - (d) RabbitMQ's management API publish endpoint (the REST publish users have without the
+//!   service), 32 connections.
+//!
+//! Each scenario runs a warm-up (1 s, not counted), then a measured window (10 s). A request or a
+//! publish counts when it completes inside the window; msg/s counts successful messages only and the
+//! latency percentiles are those of the successful requests. The service's resident memory is
+//! sampled every 100 ms during (b) and (c); CPU use (in cores) of the bench, the service and the
+//! broker is measured over each window, since all three share the machine.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind, options::*,
+    types::FieldTable,
+};
+use reqwest::{StatusCode, header::CONTENT_TYPE};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Benchmarks of messages-broker (run through scripts/bench.sh)"
+)]
+struct Cli {
+    /// Worker threads of the bench's own runtime (it shares the machine with the service and the broker).
+    #[arg(long, default_value_t = 2, global = true)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publishing: AMQP ceiling, POST publish, POST publish/batch, management API publish.
+    Publish(PublishArgs),
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// Base URL of the service.
+    #[arg(long, default_value = "http://127.0.0.1:18011")]
+    url: String,
+    /// Bearer token of a client with the `publish` scope (needed by scenarios b and c).
+    #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// AMQP URI of the broker, for the ceiling (a) and the drain consumer.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Base URL of RabbitMQ's management API.
+    #[arg(long, default_value = "http://127.0.0.1:15672")]
+    management: String,
+    #[arg(long, default_value = "guest")]
+    management_user: String,
+    #[arg(
+        long,
+        default_value = "guest",
+        env = "BENCH_MANAGEMENT_PASSWORD",
+        hide_env_values = true
+    )]
+    management_password: String,
+    /// Virtual host of the exchange (for the management API path).
+    #[arg(long, default_value = "/")]
+    vhost: String,
+    #[arg(long, default_value = "bench_exchange")]
+    exchange: String,
+    #[arg(long, default_value = "bench.tick")]
+    routing_key: String,
+    /// The queue the routing key reaches; the drain consumer empties it.
+    #[arg(long, default_value = "bench_queue")]
+    queue: String,
+    /// Measured seconds per scenario.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds before each measured window (not counted).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Publishes in flight in the AMQP ceiling (a).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Concurrent HTTP connections of (b) and (d).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Messages per batch request (c); the endpoint accepts up to 500.
+    #[arg(long, default_value_t = 250)]
+    batch_size: usize,
+    /// Concurrent connections of the batch scenario (c).
+    #[arg(long, default_value_t = 4)]
+    batch_connections: usize,
+    /// Pid of the service: peak RSS during (b) and (c), CPU use per scenario.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Pid of the broker (beam.smp): CPU use per scenario.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Pid of the database server (the service writes its audit trail there): CPU use per scenario.
+    #[arg(long)]
+    db_pid: Option<u32>,
+    /// Scenarios to run, among a,b,c,d.
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    scenarios: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Publish(args) => publish(args).await,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement bookkeeping
+
+/// The measured part of a scenario; what completes before `start` is warm-up, after `end` is tail.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn after_warmup(warmup: Duration, duration: Duration) -> Self {
+        let start = Instant::now() + warmup;
+        Self {
+            start,
+            end: start + duration,
+        }
+    }
+
+    fn secs(&self) -> f64 {
+        (self.end - self.start).as_secs_f64()
+    }
+}
+
+/// What one request (or one AMQP publish) produced.
+struct Attempt {
+    ok: u64,
+    errors: Vec<(String, u64)>,
+    /// No HTTP answer at all (refused, reset, timeout): the worker pauses briefly before retrying.
+    transport: bool,
+}
+
+impl Attempt {
+    fn ok(n: u64) -> Self {
+        Self {
+            ok: n,
+            errors: Vec::new(),
+            transport: false,
+        }
+    }
+
+    fn failed(kind: impl Into<String>, n: u64) -> Self {
+        Self {
+            ok: 0,
+            errors: vec![(kind.into(), n)],
+            transport: false,
+        }
+    }
+
+    fn transport(err: &reqwest::Error, n: u64) -> Self {
+        let kind = if err.is_timeout() {
+            "transport: timeout".to_owned()
+        } else if err.is_connect() {
+            "transport: connect".to_owned()
+        } else {
+            let mut root: &dyn std::error::Error = err;
+            while let Some(source) = root.source() {
+                root = source;
+            }
+            format!("transport: {root}")
+        };
+        Self {
+            transport: true,
+            ..Self::failed(kind, n)
+        }
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    requests: u64,
+    /// Latency of each successful request completed in the window, microseconds.
+    latencies_us: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+    warmup_errors: u64,
+}
+
+impl Tally {
+    fn record(&mut self, window: &Window, started: Instant, done: Instant, attempt: Attempt) {
+        if done < window.start {
+            self.warmup_errors += attempt.error_count();
+            return;
+        }
+        if done > window.end {
+            return;
+        }
+        self.requests += 1;
+        self.ok += attempt.ok;
+        if attempt.ok > 0 {
+            let micros = (done - started).as_micros().min(u32::MAX as u128) as u32;
+            self.latencies_us.push(micros);
+        }
+        for (kind, n) in attempt.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.requests += other.requests;
+        self.latencies_us.extend(other.latencies_us);
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.warmup_errors += other.warmup_errors;
+    }
+}
+
+/// One line of the table, plus the details printed under it.
+struct Summary {
+    label: String,
+    secs: f64,
+    ok: u64,
+    requests: u64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    errors: BTreeMap<String, u64>,
+    warmup_errors: u64,
+    cpu: Vec<(&'static str, Option<f64>)>,
+    service_peak_rss_kib: Option<u64>,
+}
+
+impl Summary {
+    fn new(label: String, window: &Window, mut tally: Tally, cpu: Vec<(&'static str, Option<f64>)>) -> Self {
+        tally.latencies_us.sort_unstable();
+        let pick = |q: f64| percentile(&tally.latencies_us, q).map(|us| f64::from(us) / 1000.0);
+        Self {
+            label,
+            secs: window.secs(),
+            ok: tally.ok,
+            requests: tally.requests,
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            errors: tally.errors,
+            warmup_errors: tally.warmup_errors,
+            cpu,
+            service_peak_rss_kib: None,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u32], q: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: CPU and memory from /proc
+
+/// A process whose CPU use is measured over each window.
+#[derive(Clone)]
+struct Watched {
+    name: &'static str,
+    /// A pid, or `self`.
+    pid: String,
+}
+
+/// utime + stime of a process, seconds (USER_HZ is 100 on every Linux that matters here).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: count fields after its closing parenthesis.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}
+
+/// Measures the CPU used by each watched process between the window's start and end (in cores).
+fn spawn_cpu_probe(window: Window, watched: Vec<Watched>) -> tokio::task::JoinHandle<Vec<(&'static str, Option<f64>)>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(window.start.into()).await;
+        let before: Vec<Option<f64>> = watched.iter().map(|w| cpu_seconds(&w.pid)).collect();
+        let started = Instant::now();
+        tokio::time::sleep_until(window.end.into()).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        watched
+            .iter()
+            .zip(before)
+            .map(|(w, before)| {
+                let used = before.zip(cpu_seconds(&w.pid)).map(|(b, a)| (a - b) / elapsed);
+                (w.name, used)
+            })
+            .collect()
+    })
+}
+
+/// Samples the service's VmRSS every 100 ms on its own thread until stopped; returns the peak (KiB).
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak: Option<u64> = None;
+            loop {
+                if let Some(rss) = status_kib(pid, "VmRSS") {
+                    peak = Some(peak.map_or(rss, |p| p.max(rss)));
+                }
+                if flag.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Option<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(None)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The publish section
+
+/// The JSON every scenario sends. `message` is the request's `message`; `envelope` is about what
+/// the service puts on the wire for it (the same plus message_id, timestamp, metadata), which is
+/// the payload of (a) and (d) so that the broker moves the same bytes in every scenario.
+struct Payloads {
+    message: Value,
+    envelope: Vec<u8>,
+}
+
+fn payloads() -> Payloads {
+    let message = json!({
+        "event": "bench.tick",
+        "data": {"order_id": 184467, "sku": "SKU-000123", "quantity": 2},
+    });
+    let mut envelope = message.clone();
+    envelope["message_id"] = json!("3f2b8c1e-6a7d-4e59-9b1a-0c4d2e8f7a61");
+    envelope["timestamp"] = json!("2025-01-01T00:00:00.000000Z");
+    envelope["metadata"] = json!({"service": "bench", "version": "1.0"});
+    Payloads {
+        message,
+        envelope: serde_json::to_vec(&envelope).expect("JSON values serialize"),
+    }
+}
+
+async fn publish(args: PublishArgs) -> Result<()> {
+    for scenario in &args.scenarios {
+        if !["a", "b", "c", "d"].contains(&scenario.as_str()) {
+            bail!("unknown scenario `{scenario}` (choose among a,b,c,d)");
+        }
+    }
+    let wants = |s: &str| args.scenarios.iter().any(|x| x == s);
+    if (wants("b") || wants("c")) && args.token.is_none() {
+        bail!("scenarios b and c need --token (or BENCH_TOKEN)");
+    }
+    if args.duration <= 0.0 || args.warmup < 0.0 {
+        bail!("--duration must be > 0 and --warmup >= 0");
+    }
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+
+    let payloads = payloads();
+    let single_body = serde_json::to_vec(&json!({
+        "exchange": args.exchange,
+        "routing_key": args.routing_key,
+        "message": payloads.message,
+    }))?;
+    let batch_body = serde_json::to_vec(&json!({
+        "messages": vec![json!({
+            "exchange": args.exchange,
+            "routing_key": args.routing_key,
+            "message": payloads.message,
+        }); args.batch_size],
+    }))?;
+    let management_body = serde_json::to_vec(&json!({
+        "properties": {"delivery_mode": 2, "content_type": "application/json"},
+        "routing_key": args.routing_key,
+        "payload": String::from_utf8_lossy(&payloads.envelope),
+        "payload_encoding": "string",
+    }))?;
+    eprintln!(
+        "bench: payload {} bytes on the wire, POST publish body {} bytes, batch body {} bytes",
+        payloads.envelope.len(),
+        single_body.len(),
+        batch_body.len()
+    );
+
+    // Two connections: one drains the queue for the whole run, the other publishes (a).
+    let drain_conn = Connection::connect(
+        &args.amqp,
+        ConnectionProperties::default().with_connection_name("bench-drain".into()),
+    )
+    .await
+    .with_context(|| format!("connecting to the broker at {}", redact(&args.amqp)))?;
+    let publish_conn = Connection::connect(
+        &args.amqp,
+        ConnectionProperties::default().with_connection_name("bench-publish".into()),
+    )
+    .await
+    .context("opening the publishing connection")?;
+    check_topology(&publish_conn, &args.exchange, &args.queue).await?;
+    let drained = Arc::new(AtomicU64::new(0));
+    start_drain(&drain_conn, &args.queue, drained.clone()).await?;
+    settle(&publish_conn, &args.queue).await;
+
+    let mut watched = vec![Watched {
+        name: "bench",
+        pid: "self".into(),
+    }];
+    if let Some(pid) = args.pid {
+        watched.push(Watched {
+            name: "service",
+            pid: pid.to_string(),
+        });
+    }
+    for (name, pid) in [("broker", args.broker_pid), ("database", args.db_pid)] {
+        if let Some(pid) = pid {
+            watched.push(Watched {
+                name,
+                pid: pid.to_string(),
+            });
+        }
+    }
+
+    let token = args.token.clone().unwrap_or_default();
+    let base = args.url.trim_end_matches('/');
+    let mut results: BTreeMap<&'static str, Summary> = BTreeMap::new();
+
+    if wants("a") {
+        let label = format!("(a) AMQP confirmed, window {}", args.window);
+        eprintln!("bench: running {label}");
+        let window = Window::after_warmup(warmup, duration);
+        let cpu = spawn_cpu_probe(window, watched.clone());
+        let tally = amqp_ceiling(&publish_conn, &args, &payloads.envelope, window).await?;
+        results.insert("a", Summary::new(label, &window, tally, cpu.await?));
+        settle(&publish_conn, &args.queue).await;
+    }
+
+    let http_scenarios: [(&'static str, String, usize, Job); 3] = [
+        (
+            "b",
+            format!("(b) POST publish, {} conns", args.connections),
+            args.connections,
+            Job::Publish {
+                url: format!("{base}/api/messages/publish"),
+                token: token.clone(),
+                body: single_body,
+            },
+        ),
+        (
+            "c",
+            format!("(c) POST publish/batch ({})", args.batch_size),
+            args.batch_connections,
+            Job::Batch {
+                url: format!("{base}/api/messages/publish/batch"),
+                token,
+                body: batch_body,
+                size: args.batch_size as u64,
+            },
+        ),
+        (
+            "d",
+            format!("(d) RabbitMQ mgmt API, {} conns", args.connections),
+            args.connections,
+            Job::Management {
+                url: format!(
+                    "{}/api/exchanges/{}/{}/publish",
+                    args.management.trim_end_matches('/'),
+                    encode_segment(&args.vhost),
+                    encode_segment(&args.exchange)
+                ),
+                user: args.management_user.clone(),
+                password: args.management_password.clone(),
+                body: management_body,
+            },
+        ),
+    ];
+    for (key, label, connections, job) in http_scenarios {
+        if !wants(key) {
+            continue;
+        }
+        eprintln!("bench: running {label}");
+        let sample_rss = key != "d";
+        let sampler = args.pid.filter(|_| sample_rss).map(RssSampler::start);
+        let window = Window::after_warmup(warmup, duration);
+        let cpu = spawn_cpu_probe(window, watched.clone());
+        let tally = http_load(Arc::new(job), connections, window).await;
+        let mut summary = Summary::new(label, &window, tally, cpu.await?);
+        summary.service_peak_rss_kib = sampler.and_then(RssSampler::finish);
+        results.insert(key, summary);
+        settle(&publish_conn, &args.queue).await;
+    }
+
+    let hwm = args.pid.and_then(|pid| status_kib(pid, "VmHWM"));
+    report(&results, hwm, args.window, drained.load(Ordering::Relaxed));
+
+    let _ = publish_conn.close(200, "bench done".into()).await;
+    let _ = drain_conn.close(200, "bench done".into()).await;
+    Ok(())
+}
+
+/// The AMQP URI without its password, for error messages.
+fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &uri[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..])
+        }
+        _ => uri.to_owned(),
+    }
+}
+
+/// Percent-encodes a path segment (`/` -> `%2F` for the default vhost).
+fn encode_segment(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Fails early, with the way out, when the bench topology is not declared.
+async fn check_topology(conn: &Connection, exchange: &str, queue: &str) -> Result<()> {
+    let hint = "declare it first: the service's applier does on start, or \
+                `TOPOLOGY_FILE=scripts/bench/topology.toml messages-broker topology apply`";
+    // A failed passive declare closes its channel: use throwaway channels.
+    let channel = conn.create_channel().await?;
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("exchange `{exchange}` not found; {hint}"))?;
+    let _ = channel.close(200, "ok".into()).await;
+    let channel = conn.create_channel().await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("queue `{queue}` not found; {hint}"))?;
+    let _ = channel.close(200, "ok".into()).await;
+    Ok(())
+}
+
+/// Consumes the queue without acknowledgements for the whole run, counting deliveries.
+async fn start_drain(conn: &Connection, queue: &str, drained: Arc<AtomicU64>) -> Result<()> {
+    let channel = conn.create_channel().await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "bench-drain".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming `{queue}`"))?;
+    tokio::spawn(async move {
+        // The channel must live as long as the consumer.
+        let _channel = channel;
+        while let Some(delivery) = consumer.next().await {
+            match delivery {
+                Ok(_) => {
+                    drained.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    eprintln!("bench: drain consumer stopped: {err}");
+                    break;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Waits (up to 30 s) until the drain consumer has emptied the queue, so scenarios never overlap.
+async fn settle(conn: &Connection, queue: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut depth = None;
+    if let Ok(channel) = conn.create_channel().await {
+        while Instant::now() < deadline {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            match channel
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) if q.message_count() == 0 => {
+                    let _ = channel.close(200, "ok".into()).await;
+                    return;
+                }
+                Ok(q) => depth = Some(q.message_count()),
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = channel.close(200, "ok".into()).await;
+    }
+    eprintln!("bench: warning: queue `{queue}` not drained before the next scenario (depth {depth:?})");
+}
+
+/// (a): one channel in confirm mode, `window` publishes in flight, each timed publish -> confirm.
+async fn amqp_ceiling(conn: &Connection, args: &PublishArgs, payload: &[u8], window: Window) -> Result<Tally> {
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut tally = Tally::default();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < args.window && Instant::now() < window.end && channel.status().connected() {
+            in_flight.push(publish_confirmed(&channel, &args.exchange, &args.routing_key, payload));
+        }
+        let Some((started, done, attempt)) = in_flight.next().await else {
+            break;
+        };
+        tally.record(&window, started, done, attempt);
+    }
+    if !channel.status().connected() {
+        eprintln!("bench: warning: the (a) channel closed during the run");
+    }
+    let _ = channel.close(200, "bench done".into()).await;
+    Ok(tally)
+}
+
+/// Publishes are issued concurrently (not one after the other) so lapin's writer batches them, as
+/// a busy service publishing for many requests at once would.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+) -> (Instant, Instant, Attempt) {
+    let started = Instant::now();
+    // About the properties the service sets (its message_id differs per message; the size is what counts).
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id("3f2b8c1e-6a7d-4e59-9b1a-0c4d2e8f7a61".into())
+        .with_app_id("messages-broker".into());
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let outcome = match channel
+        .basic_publish(exchange.into(), routing_key.into(), options, payload, properties)
+        .await
+    {
+        Ok(confirm) => confirm.await,
+        Err(err) => Err(err),
+    };
+    let attempt = match outcome {
+        Ok(Confirmation::Ack(None)) => Attempt::ok(1),
+        Ok(Confirmation::Ack(Some(returned))) => Attempt::failed(
+            format!("returned {} {}", returned.reply_code, returned.reply_text.as_str()),
+            1,
+        ),
+        Ok(Confirmation::Nack(_)) => Attempt::failed("nack", 1),
+        Ok(Confirmation::NotRequested) => Attempt::failed("not confirmed", 1),
+        Err(err) => Attempt::failed(format!("amqp: {err}"), 1),
+    };
+    (started, Instant::now(), attempt)
+}
+
+/// An HTTP request repeated by every worker of a scenario.
+enum Job {
+    Publish {
+        url: String,
+        token: String,
+        body: Vec<u8>,
+    },
+    Batch {
+        url: String,
+        token: String,
+        body: Vec<u8>,
+        size: u64,
+    },
+    Management {
+        url: String,
+        user: String,
+        password: String,
+        body: Vec<u8>,
+    },
+}
+
+impl Job {
+    fn messages(&self) -> u64 {
+        match self {
+            Job::Batch { size, .. } => *size,
+            _ => 1,
+        }
+    }
+
+    async fn send(&self, client: &reqwest::Client) -> Attempt {
+        let request = match self {
+            Job::Publish { url, token, body } | Job::Batch { url, token, body, .. } => {
+                client.post(url).bearer_auth(token).body(body.clone())
+            }
+            Job::Management {
+                url,
+                user,
+                password,
+                body,
+            } => client.post(url).basic_auth(user, Some(password)).body(body.clone()),
+        };
+        let response = match request.header(CONTENT_TYPE, "application/json").send().await {
+            Ok(response) => response,
+            Err(err) => return Attempt::transport(&err, self.messages()),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(err) => return Attempt::transport(&err, self.messages()),
+        };
+        match self {
+            Job::Publish { .. } if status == StatusCode::CREATED => Attempt::ok(1),
+            Job::Publish { .. } => Attempt::failed(error_kind(status, &body), 1),
+            Job::Batch { size, .. } => batch_outcome(status, &body, *size),
+            Job::Management { .. } => match serde_json::from_slice::<Value>(&body) {
+                Ok(answer) if status == StatusCode::OK && answer["routed"] == json!(true) => Attempt::ok(1),
+                Ok(answer) if status == StatusCode::OK => {
+                    Attempt::failed(format!("200 routed={}", answer["routed"]), 1)
+                }
+                _ => Attempt::failed(error_kind(status, &body), 1),
+            },
+        }
+    }
+}
+
+/// `404 not_found`: the status and the `error` code of a JSON error body, when there is one.
+fn error_kind(status: StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => match map.get("error").and_then(Value::as_str) {
+            Some(code) => format!("{} {code}", status.as_u16()),
+            None => status.as_u16().to_string(),
+        },
+        _ => status.as_u16().to_string(),
+    }
+}
+
+/// A batch answer: one result per message, in order; an item counts as published when its status is 201.
+fn batch_outcome(status: StatusCode, body: &[u8], size: u64) -> Attempt {
+    if status != StatusCode::OK {
+        return Attempt::failed(error_kind(status, body), size);
+    }
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return Attempt::failed("200 unparsable batch answer", size);
+    };
+    let Some(results) = answer["results"].as_array() else {
+        return Attempt::failed("200 batch answer without results", size);
+    };
+    let mut attempt = Attempt::ok(0);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for item in results.iter().take(size as usize) {
+        if item["status"].as_u64() == Some(201) {
+            attempt.ok += 1;
+        } else {
+            let code = item["error"].as_str().unwrap_or("?");
+            *errors.entry(format!("item {} {code}", item["status"])).or_default() += 1;
+        }
+    }
+    let missing = size.saturating_sub(results.len() as u64);
+    if missing > 0 {
+        errors.insert("item missing from results".into(), missing);
+    }
+    attempt.errors = errors.into_iter().collect();
+    attempt
+}
+
+/// One HTTP/1.1 client per worker, one idle connection kept: `workers` keep-alive connections.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+async fn http_load(job: Arc<Job>, workers: usize, window: Window) -> Tally {
+    let mut tasks = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let job = job.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = http_client();
+            let mut tally = Tally::default();
+            while Instant::now() < window.end {
+                let started = Instant::now();
+                let attempt = job.send(&client).await;
+                let transport = attempt.transport;
+                tally.record(&window, started, Instant::now(), attempt);
+                if transport {
+                    // Nothing answers (service down, port closed): do not spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::default();
+    for task in tasks {
+        match task.await {
+            Ok(tally) => total.merge(tally),
+            Err(err) => *total.errors.entry(format!("worker panicked: {err}")).or_default() += 1,
+        }
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------------------------
+// The printout
+
+fn fmt_ms(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "-".into(), |ms| format!("{ms:.2}"))
+}
+
+fn goal(met: bool) -> &'static str {
+    if met { "" } else { "  MISSED" }
+}
+
+fn report(results: &BTreeMap<&'static str, Summary>, service_hwm_kib: Option<u64>, window: usize, drained: u64) {
+    println!();
+    println!(
+        "{:<32} {:>9} {:>8} {:>8} {:>8}",
+        "scenario", "msg/s", "p50 ms", "p99 ms", "errors"
+    );
+    for summary in results.values() {
+        println!(
+            "{:<32} {:>9.0} {:>8} {:>8} {:>8}",
+            summary.label,
+            summary.rate(),
+            fmt_ms(summary.p50_ms),
+            fmt_ms(summary.p99_ms),
+            summary.error_count()
+        );
+    }
+    println!();
+    for (key, summary) in results {
+        let cpu: Vec<String> = summary
+            .cpu
+            .iter()
+            .map(|(name, cores)| match cores {
+                Some(cores) => format!("{name} {cores:.2}"),
+                None => format!("{name} ?"),
+            })
+            .collect();
+        println!(
+            "  ({key}) {} messages, {} requests in {:.1} s; CPU cores: {}",
+            summary.ok,
+            summary.requests,
+            summary.secs,
+            cpu.join(", ")
+        );
+        for (kind, n) in summary.errors.iter().take(8) {
+            println!("      error {kind}: {n}");
+        }
+        if summary.errors.len() > 8 {
+            println!("      ... {} more kinds of error", summary.errors.len() - 8);
+        }
+        if summary.warmup_errors > 0 {
+            println!("      (and {} errors during the warm-up)", summary.warmup_errors);
+        }
+        if summary.errors.keys().any(|kind| kind.starts_with("404")) && key != &"d" {
+            println!("      404: the endpoint is not there (not landed yet, or a wrong --url)");
+        }
+    }
+    println!("  drain consumer received {drained} messages");
+    println!();
+
+    let rate = |key: &str| results.get(key).map(Summary::rate);
+    let ratio = |num: &str, den: &str| match (rate(num), rate(den)) {
+        (Some(n), Some(d)) if d > 0.0 => Some(n / d),
+        _ => None,
+    };
+    let mut line = Vec::new();
+    if let Some(r) = ratio("b", "a") {
+        line.push(format!("(b)/(a) = {r:.2} (goal >= 0.70){}", goal(r >= 0.70)));
+    }
+    if let Some(r) = ratio("c", "a") {
+        line.push(format!("(c)/(a) = {r:.2} (goal >= 0.90){}", goal(r >= 0.90)));
+    }
+    if let Some(r) = ratio("b", "d") {
+        line.push(format!("(b)/(d) = {r:.1}"));
+    }
+    if !line.is_empty() {
+        println!("ratios: {}", line.join("   "));
+    }
+
+    let mut line = Vec::new();
+    let peak = results.values().filter_map(|s| s.service_peak_rss_kib).max();
+    if let Some(peak) = peak {
+        let mib = peak as f64 / 1024.0;
+        let per: Vec<String> = results
+            .iter()
+            .filter_map(|(k, s)| {
+                s.service_peak_rss_kib
+                    .map(|p| format!("({k}) {:.1}", p as f64 / 1024.0))
+            })
+            .collect();
+        line.push(format!(
+            "service peak RSS: {mib:.1} MiB (goal <= 64 MiB){} [{}]",
+            goal(mib <= 64.0),
+            per.join(", ")
+        ));
+    }
+    if let Some(hwm) = service_hwm_kib {
+        line.push(format!("VmHWM {:.1} MiB", hwm as f64 / 1024.0));
+    }
+    if let Some(b) = results.get("b") {
+        match b.p99_ms {
+            Some(p99) => line.push(format!("p99 (b): {p99:.2} ms (goal <= 25 ms){}", goal(p99 <= 25.0))),
+            None => line.push("p99 (b): - (no successful request) MISSED".into()),
+        }
+    }
+    if !line.is_empty() {
+        println!("{}", line.join("   "));
+    }
+    let service_errors: Option<u64> = ["b", "c"]
+        .iter()
+        .filter_map(|k| results.get(k).map(Summary::error_count))
+        .reduce(|a, b| a + b);
+    if let Some(errors) = service_errors {
+        println!("errors (b)+(c): {errors} (goal 0){}", goal(errors == 0));
+    }
+    if results.contains_key("a") {
+        println!(
+            "(a) is the reference: one AMQP connection and channel, {window} confirms in flight, same payload and queue"
+        );
+    }
+}

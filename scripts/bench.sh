@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Benchmarks of messages-broker against the local broker, each number printed next to a reference
+# measured in the same run. Measurements, not tests: exits 0 when a goal is missed (the printout
+# says MISSED) and non-zero only when the benchmark cannot run.
+#
+#   scripts/bench.sh                 every section
+#   scripts/bench.sh publish         only the named sections
+#
+# Sections (one function `section_<name>` each; add new ones to SECTIONS):
+#   publish   (a) AMQP confirmed publishes, window 256 (the broker's ceiling), (b) POST
+#             /api/messages/publish at 32 connections, (c) POST /api/messages/publish/batch,
+#             (d) RabbitMQ's management API publish at 32 connections; msg/s, p50/p99, errors,
+#             the service's peak RSS and the ratios to (a) and (d).
+#
+# Environment (all optional):
+#   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
+#   BENCH_PORT        HTTP port of the service under test (default 18011)
+#   BENCH_ROLES       roles of the service under test (default: all, as deployed by default)
+#   BENCH_THREADS     worker threads of the load generator (default 2)
+#   RABBITMQ_MANAGEMENT_URL, RABBITMQ_USER, RABBITMQ_PASSWORD   default http://127.0.0.1:15672, guest, guest
+#   CARGO_TARGET_DIR  default ~/.cache/messages-broker/target (shared with scripts/test.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/messages-broker/target}"
+
+SECTIONS=(publish)
+
+BENCH_DURATION="${BENCH_DURATION:-10}"
+BENCH_PORT="${BENCH_PORT:-18011}"
+BENCH_ROLES="${BENCH_ROLES:-}"
+BENCH_THREADS="${BENCH_THREADS:-2}"
+BENCH_DB=messages_broker_test_bench
+BENCH_TOPOLOGY=scripts/bench/topology.toml
+BENCH_EXCHANGE=bench_exchange
+BENCH_QUEUE=bench_queue
+MANAGEMENT_URL="${RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
+MANAGEMENT_URL="${MANAGEMENT_URL%/}"
+RABBIT_USER="${RABBITMQ_USER:-guest}"
+RABBIT_PASSWORD="${RABBITMQ_PASSWORD:-guest}"
+
+SERVICE_BIN="${CARGO_TARGET_DIR}/release/messages-broker"
+BENCH_BIN="${CARGO_TARGET_DIR}/release/examples/bench"
+SERVICE_URL="http://127.0.0.1:${BENCH_PORT}"
+
+WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/messages-broker-bench.XXXXXX")"
+SERVICE_PID=""
+SERVICE_LOG="${WORK_DIR}/service.log"
+TOKEN=""
+CONFIG_FILE="${WORK_DIR}/bench-client.toml"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+    printf '==> ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+# A management API call; prints the HTTP status.
+management() {
+    local method="$1" path="$2"
+    curl -s -o /dev/null -w '%{http_code}' -u "${RABBIT_USER}:${RABBIT_PASSWORD}" -X "${method}" \
+        "${MANAGEMENT_URL}${path}" || true
+}
+
+# Removes the bench queue and exchange (the service does not delete what it declared).
+delete_bench_topology() {
+    management DELETE "/api/queues/%2F/${BENCH_QUEUE}" >/dev/null
+    management DELETE "/api/exchanges/%2F/${BENCH_EXCHANGE}" >/dev/null
+}
+
+print_service_log() {
+    if [[ -s "${SERVICE_LOG}" ]]; then
+        log "service log (last 40 lines):"
+        tail -n 40 "${SERVICE_LOG}" >&2
+    fi
+}
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# SIGTERM, then wait for the clean stop (the service's own deadline is 20 s).
+stop_service() {
+    [[ -n "${SERVICE_PID}" ]] || return 0
+    local pid="${SERVICE_PID}" rc=0
+    SERVICE_PID=""
+    kill -TERM "${pid}" 2>/dev/null || return 0
+    for _ in $(seq 1 300); do
+        kill -0 "${pid}" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "${pid}" 2>/dev/null; then
+        log "service ${pid} still running 30 s after SIGTERM; killing it"
+        kill -KILL "${pid}" 2>/dev/null || true
+    fi
+    wait "${pid}" 2>/dev/null || rc=$?
+    if [[ "${rc}" -ne 0 ]]; then
+        log "service exited with code ${rc} on SIGTERM"
+        print_service_log
+    fi
+}
+
+cleanup() {
+    local rc=$?
+    stop_service
+    delete_bench_topology
+    rm -rf "${WORK_DIR}"
+    exit "${rc}"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------
+# preparation (shared by every section)
+# ---------------------------------------------------------------------------
+
+prepare() {
+    log "setup (scripts/setup.sh)"
+    if ! scripts/setup.sh >"${WORK_DIR}/setup.log" 2>&1; then
+        cat "${WORK_DIR}/setup.log" >&2
+        die "scripts/setup.sh failed"
+    fi
+
+    log "build (release): messages-broker and examples/bench"
+    cargo build --release --quiet --bin messages-broker --example bench
+
+    "${SERVICE_BIN}" topology check "${BENCH_TOPOLOGY}" >/dev/null ||
+        die "${BENCH_TOPOLOGY} is not a valid topology"
+
+    log "database ${BENCH_DB}"
+    mariadb -h127.0.0.1 -umessages_broker_user -pmessages_broker_password \
+        -e "CREATE DATABASE IF NOT EXISTS ${BENCH_DB}" ||
+        die "cannot create ${BENCH_DB} (run scripts/setup.sh: it grants messages_broker_test_% databases)"
+
+    # A client with the publish scope; only its SHA-256 goes to the service.
+    TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    local hash
+    hash="$(printf %s "${TOKEN}" | sha256sum | cut -d' ' -f1)"
+    cat >"${CONFIG_FILE}" <<EOF
+[[auth.clients]]
+name = "bench"
+token_sha256 = "${hash}"
+scopes = ["publish"]
+EOF
+}
+
+# Starts the service in the background on BENCH_PORT and waits (60 s at most) for /api/ready.
+start_service() {
+    port_in_use "${BENCH_PORT}" && die "port ${BENCH_PORT} is in use; set BENCH_PORT"
+    # A fresh queue every run: a leftover with other arguments would keep /api/ready at 503.
+    delete_bench_topology
+
+    local roles=()
+    [[ -n "${BENCH_ROLES}" ]] && roles=(--roles "${BENCH_ROLES}")
+    log "start the service on ${SERVICE_URL} (topology ${BENCH_TOPOLOGY}, database ${BENCH_DB})"
+    APP_ENV=local APP_HOST=127.0.0.1 APP_PORT="${BENCH_PORT}" RUST_LOG=warn LOG_FORMAT=json \
+        TOPOLOGY_FILE="${BENCH_TOPOLOGY}" DB_DATABASE="${BENCH_DB}" \
+        "${SERVICE_BIN}" --config "${CONFIG_FILE}" serve "${roles[@]}" >"${SERVICE_LOG}" 2>&1 &
+    SERVICE_PID=$!
+
+    local deadline=$((SECONDS + 60)) status=""
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "${SERVICE_PID}" 2>/dev/null; then
+            local rc=0
+            wait "${SERVICE_PID}" || rc=$?
+            SERVICE_PID=""
+            print_service_log
+            die "the service exited during start (code ${rc})"
+        fi
+        status="$(curl -s -o /dev/null -w '%{http_code}' "${SERVICE_URL}/api/ready" || true)"
+        [[ "${status}" == 200 ]] && return 0
+        sleep 0.2
+    done
+    curl -s "${SERVICE_URL}/api/ready" >&2 || true
+    echo >&2
+    print_service_log
+    die "the service was not ready within 60 s (last /api/ready status: ${status:-none})"
+}
+
+# Pids of the broker and the database server, for the CPU figures (empty when not found).
+broker_pid() {
+    pgrep -o -x beam.smp 2>/dev/null || true
+}
+
+db_pid() {
+    pgrep -o -x mariadbd 2>/dev/null || pgrep -o -x mysqld 2>/dev/null || true
+}
+
+print_context() {
+    local rabbit_version commit
+    rabbit_version="$(curl -s -u "${RABBIT_USER}:${RABBIT_PASSWORD}" "${MANAGEMENT_URL}/api/overview" |
+        sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p')"
+    commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    if [[ -n "$(git status --porcelain 2>/dev/null)" ]]; then
+        commit="${commit}+changes"
+    fi
+    # Everything shares the machine: a busy one (builds, tests) lowers every figure, unevenly.
+    echo "messages-broker bench: commit ${commit}, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
+        "RabbitMQ ${rabbit_version:-?}, ${BENCH_DURATION} s per scenario"
+}
+
+# ---------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------
+
+section_publish() {
+    echo
+    echo "## publish"
+    local broker db extra=()
+    broker="$(broker_pid)"
+    db="$(db_pid)"
+    [[ -n "${broker}" ]] && extra+=(--broker-pid "${broker}")
+    [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
+    BENCH_TOKEN="${TOKEN}" BENCH_MANAGEMENT_PASSWORD="${RABBIT_PASSWORD}" \
+        "${BENCH_BIN}" --threads "${BENCH_THREADS}" publish \
+        --url "${SERVICE_URL}" \
+        --amqp "amqp://${RABBIT_USER}:${RABBIT_PASSWORD}@127.0.0.1:5672/%2f" \
+        --management "${MANAGEMENT_URL}" \
+        --management-user "${RABBIT_USER}" \
+        --exchange "${BENCH_EXCHANGE}" \
+        --routing-key bench.tick \
+        --queue "${BENCH_QUEUE}" \
+        --duration "${BENCH_DURATION}" \
+        --pid "${SERVICE_PID}" \
+        "${extra[@]}"
+}
+
+main() {
+    local sections=("$@")
+    ((${#sections[@]})) || sections=("${SECTIONS[@]}")
+    local section
+    for section in "${sections[@]}"; do
+        declare -F "section_${section//-/_}" >/dev/null ||
+            die "unknown section '${section}' (known: ${SECTIONS[*]})"
+    done
+
+    prepare
+    start_service
+    print_context
+    for section in "${sections[@]}"; do
+        "section_${section//-/_}"
+    done
+    echo
+    log "stop the service"
+    stop_service
+    if [[ -s "${SERVICE_LOG}" ]]; then
+        log "the service logged $(wc -l <"${SERVICE_LOG}") line(s) at warn or above; last ones:"
+        tail -n 10 "${SERVICE_LOG}" >&2
+    fi
+}
+
+main "$@"

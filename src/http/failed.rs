@@ -1,0 +1,338 @@
+//! Failed messages: list (paginated, filtered), show, retry one now, retry in bulk by filter,
+//! delete. Database trouble answers 503 `database_unavailable`, never a 500.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::StatusCode,
+};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{Value, json};
+use tracing::{error, info};
+
+use super::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, ErrorBody},
+};
+use crate::{
+    settings::Scope,
+    store::{
+        StoreError,
+        failed_messages::{self, ClaimRefusal, Filter, Status},
+    },
+};
+
+const DEFAULT_PER_PAGE: u32 = 15;
+const MAX_PER_PAGE: u32 = 100;
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        error!(error = %err, "Database call failed.");
+        ApiError::unavailable("database_unavailable", "The database is unavailable; retry later.").with_retry_after(1)
+    }
+}
+
+/// Filters and pagination, each checked; every bad one is reported (422 with fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    pub filter: Filter,
+    pub page: u32,
+    pub per_page: u32,
+}
+
+pub fn parse_query(pairs: &[(String, String)], paginated: bool) -> Result<ListQuery, BTreeMap<String, String>> {
+    let mut fields = BTreeMap::new();
+    let mut query = ListQuery {
+        filter: Filter::default(),
+        page: 1,
+        per_page: DEFAULT_PER_PAGE,
+    };
+    let text = |key: &str, value: &str, fields: &mut BTreeMap<String, String>| {
+        if value.is_empty() || value.len() > 255 {
+            fields.insert(key.to_owned(), "must be 1 to 255 characters".into());
+            None
+        } else {
+            Some(value.to_owned())
+        }
+    };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "status" => match Status::parse(value) {
+                Some(status) => query.filter.status = Some(status),
+                None => {
+                    fields.insert(key.clone(), "must be one of pending, retrying, failed, resolved".into());
+                }
+            },
+            "exchange" => query.filter.exchange = text(key, value, &mut fields),
+            "routing_key" => query.filter.routing_key = text(key, value, &mut fields),
+            "queue" => query.filter.queue = text(key, value, &mut fields),
+            "q" => query.filter.q = text(key, value, &mut fields),
+            "from" | "to" => match parse_time(value) {
+                Some(time) if key == "from" => query.filter.from = Some(time),
+                Some(time) => query.filter.to = Some(time),
+                None => {
+                    fields.insert(key.clone(), "must be an RFC 3339 date-time or a YYYY-MM-DD date".into());
+                }
+            },
+            "page" if paginated => match value.parse::<u32>() {
+                Ok(page) if (1..=1_000_000).contains(&page) => query.page = page,
+                _ => {
+                    fields.insert(key.clone(), "must be an integer from 1 to 1000000".into());
+                }
+            },
+            "per_page" if paginated => match value.parse::<u32>() {
+                Ok(n) if (1..=MAX_PER_PAGE).contains(&n) => query.per_page = n,
+                _ => {
+                    fields.insert(key.clone(), format!("must be an integer from 1 to {MAX_PER_PAGE}"));
+                }
+            },
+            _ => {
+                fields.insert(key.clone(), "unknown filter".into());
+            }
+        }
+    }
+    if let (Some(from), Some(to)) = (query.filter.from, query.filter.to)
+        && from > to
+    {
+        fields.insert("from".into(), "must not be after `to`".into());
+    }
+    if fields.is_empty() { Ok(query) } else { Err(fields) }
+}
+
+fn parse_time(value: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc())
+        })
+}
+
+fn query_pairs(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .map(|Query(pairs)| pairs)
+        .map_err(|_| ApiError::validation(BTreeMap::from([("query".into(), "is not a valid query string".into())])))
+}
+
+/// Ids are positive integers; anything else cannot name a row.
+fn parse_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::not_found(format!("No failed message `{raw}`.")))
+}
+
+fn pool(state: &AppState) -> Result<&sqlx::MySqlPool, ApiError> {
+    state
+        .pool
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("Failed messages are served by the `api` role."))
+}
+
+#[utoipa::path(get, path = "/api/messages/failed", tag = "failed messages", security(("bearer" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "pending | retrying | failed | resolved"),
+        ("exchange" = Option<String>, Query), ("routing_key" = Option<String>, Query), ("queue" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "failed_at >= (RFC 3339 or YYYY-MM-DD)"),
+        ("to" = Option<String>, Query, description = "failed_at <= (RFC 3339 or YYYY-MM-DD)"),
+        ("q" = Option<String>, Query, description = "substring of message_id, payload or error"),
+        ("page" = Option<u32>, Query), ("per_page" = Option<u32>, Query, description = "1 to 100, default 15"),
+    ),
+    responses(
+        (status = 200, description = "{data, page, per_page, total, last_page}"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "bad filter"), (status = 503, body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    client.require(Scope::Read)?;
+    let query = parse_query(&query_pairs(query)?, true).map_err(ApiError::validation)?;
+    let (data, total) = failed_messages::list(pool(&state)?, &query.filter, query.page, query.per_page).await?;
+    let last_page = total.div_ceil(u64::from(query.per_page)).max(1);
+    Ok(Json(json!({
+        "data": data,
+        "page": query.page,
+        "per_page": query.per_page,
+        "total": total,
+        "last_page": last_page,
+    })))
+}
+
+#[utoipa::path(get, path = "/api/messages/failed/{id}", tag = "failed messages", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    responses((status = 200, description = "One failed message with headers and death history"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    client.require(Scope::Read)?;
+    let id = parse_id(&id)?;
+    let row = failed_messages::find(pool(&state)?, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("No failed message {id}.")))?;
+    Ok(Json(json!(row)))
+}
+
+#[utoipa::path(post, path = "/api/messages/retry/{id}", tag = "failed messages", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    responses((status = 200, description = "The row after the retry (status resolved once republished and confirmed)"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "already_resolved, retry_in_progress"), (status = 503, body = ErrorBody)))]
+pub async fn retry_one(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    client.require(Scope::Operate)?;
+    let id = parse_id(&id)?;
+    let retrier = state
+        .retrier
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("broker_unavailable", "This process cannot republish."))?;
+    match retrier.retry_now(id).await? {
+        Ok((row, true)) => {
+            info!(client = %client.name, id, "Failed message retried by hand.");
+            Ok(Json(json!(row)))
+        }
+        Ok((_, false)) => Err(ApiError::unavailable(
+            "broker_unavailable",
+            "RabbitMQ did not confirm the republish; the message stays pending and will be retried.",
+        )
+        .with_retry_after(1)),
+        Err(ClaimRefusal::NotFound) => Err(ApiError::not_found(format!("No failed message {id}."))),
+        Err(ClaimRefusal::AlreadyResolved) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_resolved",
+            format!("Failed message {id} is already resolved."),
+        )),
+        Err(ClaimRefusal::InProgress) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "retry_in_progress",
+            format!("Failed message {id} is being retried right now."),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/messages/failed/retry", tag = "failed messages", security(("bearer" = [])),
+    params(
+        ("status" = Option<String>, Query), ("exchange" = Option<String>, Query), ("routing_key" = Option<String>, Query),
+        ("queue" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("q" = Option<String>, Query),
+    ),
+    responses((status = 200, description = "{queued: N}: every pending or failed row matching is due now"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn retry_matching(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    client.require(Scope::Operate)?;
+    let mut pairs = query_pairs(query)?;
+    // The filters may also come as a JSON object body: {"exchange": "orders_exchange", "from": "..."}.
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "The body must be a JSON object of filters.",
+            ));
+        };
+        for (key, value) in map {
+            let value = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            pairs.push((key, value));
+        }
+    }
+    let query = parse_query(&pairs, false).map_err(ApiError::validation)?;
+    let queued = failed_messages::make_due(pool(&state)?, &query.filter).await?;
+    info!(client = %client.name, queued, filter = ?query.filter, "Bulk retry queued.");
+    Ok(Json(json!({ "queued": queued })))
+}
+
+#[utoipa::path(delete, path = "/api/messages/failed/{id}", tag = "failed messages", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    responses((status = 200, description = "{message}"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    client.require(Scope::Operate)?;
+    let id = parse_id(&id)?;
+    if !failed_messages::delete(pool(&state)?, id).await? {
+        return Err(ApiError::not_found(format!("No failed message {id}.")));
+    }
+    info!(client = %client.name, id, "Failed message deleted.");
+    Ok(Json(json!({ "message": format!("Failed message {id} deleted.") })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn filters_parse() {
+        let q = parse_query(
+            &pairs(&[
+                ("status", "failed"),
+                ("exchange", "orders_exchange"),
+                ("from", "2026-11-01"),
+                ("per_page", "50"),
+            ]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(q.filter.status, Some(Status::Failed));
+        assert_eq!(q.filter.from.unwrap().to_rfc3339(), "2026-11-01T00:00:00+00:00");
+        assert_eq!((q.page, q.per_page), (1, 50));
+    }
+
+    #[test]
+    fn every_bad_filter_is_reported() {
+        let err = parse_query(
+            &pairs(&[
+                ("status", "lost"),
+                ("per_page", "101"),
+                ("page", "0"),
+                ("to", "soon"),
+                ("color", "red"),
+                ("q", ""),
+            ]),
+            true,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.keys().map(String::as_str).collect();
+        assert_eq!(keys, vec!["color", "page", "per_page", "q", "status", "to"]);
+        let err = parse_query(&pairs(&[("from", "2026-11-02"), ("to", "2026-11-01")]), true).unwrap_err();
+        assert!(err.contains_key("from"));
+        // The bulk retry takes no pagination.
+        assert!(parse_query(&pairs(&[("page", "2")]), false).is_err());
+    }
+
+    #[test]
+    fn ids_are_positive_integers() {
+        assert_eq!(parse_id("12").unwrap(), 12);
+        for bad in ["0", "-1", "abc", "..%2F", "1;DROP TABLE x", ""] {
+            assert_eq!(parse_id(bad).unwrap_err().status, StatusCode::NOT_FOUND);
+        }
+    }
+}

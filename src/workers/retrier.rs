@@ -1,0 +1,244 @@
+//! The retrier role: on its schedule, claims due failed messages (`FOR UPDATE SKIP LOCKED`, so
+//! replicas never take the same row), republishes each to its original exchange and routing key
+//! through the confirm pipeline, and records the outcome. A republished message that fails again
+//! comes back through its dead-letter queue and the ingester reopens its row with the next delay,
+//! or marks it `failed` for a person once `max_retries` is reached.
+
+use std::{sync::Arc, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use sqlx::MySqlPool;
+use tokio::sync::{Notify, watch};
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::ingester::RETRY_COUNT_HEADER;
+use crate::{
+    amqp::{
+        headers,
+        publisher::{OutgoingMessage, PublishOutcome, Publisher},
+    },
+    metrics::Metrics,
+    settings::Settings,
+    store::{
+        StoreError,
+        failed_messages::{self, ClaimRefusal, Claimed, FailedMessage, PayloadEncoding},
+    },
+};
+
+/// Rows claimed per round; a scan runs rounds until fewer come back.
+const CLAIM_LIMIT: u32 = 200;
+
+/// The delay before retry `retry_count + 1`: the schedule's step (the last one repeats), with
+/// +-10% jitter so a burst of failures does not come back as a burst.
+pub fn retry_delay(backoff: &[Duration], retry_count: u32) -> Duration {
+    let step = backoff
+        .get(retry_count as usize)
+        .or(backoff.last())
+        .copied()
+        .unwrap_or(Duration::from_secs(60));
+    step.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetryReport {
+    pub claimed: usize,
+    pub resolved: usize,
+    pub released: usize,
+}
+
+#[derive(Clone)]
+pub struct Retrier {
+    pub settings: Arc<Settings>,
+    pub pool: MySqlPool,
+    pub publisher: Publisher,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Retrier {
+    /// One step: claims one round of due rows, republishes them, records each outcome.
+    pub async fn retry_due(&self) -> Result<RetryReport, StoreError> {
+        self.retry_due_up_to(CLAIM_LIMIT).await
+    }
+
+    /// [`Self::retry_due`] with a smaller round (tests interleave two retriers with it).
+    pub async fn retry_due_up_to(&self, limit: u32) -> Result<RetryReport, StoreError> {
+        let claimed = failed_messages::claim_due(&self.pool, limit).await?;
+        self.republish(claimed).await
+    }
+
+    /// Retries one row now, whatever its schedule (an operator asked). Returns the row after,
+    /// and whether the broker confirmed the republish.
+    pub async fn retry_now(&self, id: u64) -> Result<Result<(FailedMessage, bool), ClaimRefusal>, StoreError> {
+        let claimed = match failed_messages::claim_one(&self.pool, id).await? {
+            Ok(claimed) => claimed,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let report = self.republish(vec![claimed]).await?;
+        self.metrics.retries_total.with_label_values(&["manual"]).inc();
+        let row = failed_messages::find(&self.pool, id)
+            .await?
+            .ok_or(ClaimRefusal::NotFound);
+        Ok(row.map(|row| (row, report.resolved == 1)))
+    }
+
+    async fn republish(&self, claimed: Vec<Claimed>) -> Result<RetryReport, StoreError> {
+        let mut report = RetryReport {
+            claimed: claimed.len(),
+            ..Default::default()
+        };
+        if claimed.is_empty() {
+            return Ok(report);
+        }
+        let messages = claimed.iter().map(republished).collect();
+        let outcomes = self.publisher.publish_many(messages).await;
+        let backoff = self.settings.backoff();
+        for (row, outcome) in claimed.iter().zip(outcomes) {
+            if outcome == PublishOutcome::Confirmed {
+                failed_messages::mark_resolved(&self.pool, row).await?;
+                self.metrics.retries_total.with_label_values(&["resolved"]).inc();
+                report.resolved += 1;
+            } else {
+                // Not on the broker: this attempt did not happen; wait the next step's delay.
+                let delay = retry_delay(&backoff, row.retry_count);
+                failed_messages::release(&self.pool, row, delay).await?;
+                self.metrics
+                    .retries_total
+                    .with_label_values(&["republish_failed"])
+                    .inc();
+                warn!(id = row.id, message_id = %row.message_id, ?outcome, retry_in = ?delay, "Retry not confirmed by the broker; will try again.");
+                report.released += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The role's loop: the scheduler ticks every `retry.scan_interval`, each tick runs rounds
+    /// until the due rows are done. Ticks that come while a scan runs are merged into one.
+    pub async fn run(self, mut db_migrated: watch::Receiver<bool>, cancel: CancellationToken) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            migrated = db_migrated.wait_for(|m| *m) => { migrated?; }
+        }
+        let tick = Arc::new(Notify::new());
+        let scheduler = JobScheduler::new().await?;
+        let ticker = tick.clone();
+        scheduler
+            .add(Job::new_repeated_async(
+                self.settings.retry.scan_interval,
+                move |_, _| {
+                    let ticker = ticker.clone();
+                    Box::pin(async move { ticker.notify_one() })
+                },
+            )?)
+            .await?;
+        scheduler.start().await?;
+        info!(every = ?self.settings.retry.scan_interval, "Retrier scanning for due failed messages.");
+        tick.notify_one(); // a first scan at start
+        let result = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
+                _ = tick.notified() => {}
+            }
+            loop {
+                match self.retry_due().await {
+                    Ok(report) if report.claimed > 0 => {
+                        info!(
+                            claimed = report.claimed,
+                            resolved = report.resolved,
+                            released = report.released,
+                            "Retried due failed messages."
+                        );
+                        if report.claimed < CLAIM_LIMIT as usize || cancel.is_cancelled() {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(err) => {
+                        warn!(error = %err, "Cannot scan for due retries; will try on the next tick.");
+                        break;
+                    }
+                }
+            }
+        };
+        let mut scheduler = scheduler;
+        scheduler.shutdown().await?;
+        result
+    }
+}
+
+/// The message as it goes back: original exchange, routing key and body; the broker's `x-`
+/// headers dropped (a fresh death gets fresh ones); our retry count set.
+fn republished(row: &Claimed) -> OutgoingMessage {
+    let payload = match row.payload_encoding {
+        PayloadEncoding::Json => row.payload.clone().into_bytes(),
+        PayloadEncoding::Text => serde_json::from_str::<String>(&row.payload)
+            .unwrap_or_default()
+            .into_bytes(),
+        PayloadEncoding::Base64 => serde_json::from_str::<String>(&row.payload)
+            .ok()
+            .and_then(|s| STANDARD.decode(s).ok())
+            .unwrap_or_default(),
+    };
+    let stored: serde_json::Map<String, serde_json::Value> = row
+        .headers
+        .as_deref()
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or_default();
+    let mut message_headers: Vec<_> = stored
+        .iter()
+        .filter(|(name, _)| !name.to_ascii_lowercase().starts_with("x-") && name.as_str() != RETRY_COUNT_HEADER)
+        .map(|(name, value)| (name.clone(), headers::from_json(value)))
+        .collect();
+    message_headers.push((
+        RETRY_COUNT_HEADER.into(),
+        lapin::types::AMQPValue::LongLongInt(i64::from(row.retry_count)),
+    ));
+    OutgoingMessage {
+        exchange: row.exchange.clone(),
+        routing_key: row.routing_key.clone(),
+        payload,
+        message_id: row.message_id.clone(),
+        headers: message_headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_is_followed_with_jitter_and_the_last_step_repeats() {
+        let backoff = [
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+            Duration::from_secs(1800),
+        ];
+        for (count, step) in [(0, 60), (1, 300), (2, 1800), (7, 1800)] {
+            let delay = retry_delay(&backoff, count).as_secs_f64();
+            let step = f64::from(step);
+            assert!(delay >= step * 0.9 && delay <= step * 1.1, "retry {count}: {delay}");
+        }
+    }
+
+    #[test]
+    fn a_republished_message_drops_broker_headers_and_counts_its_retry() {
+        let row = Claimed {
+            id: 1,
+            message_id: "m".into(),
+            exchange: "orders_exchange".into(),
+            routing_key: "orders.created".into(),
+            payload: "\"plain\"".into(),
+            payload_encoding: PayloadEncoding::Text,
+            headers: Some(r#"{"x-death": [], "x-first-death-queue": "q", "tenant": "fr", "mb-retry-count": 1}"#.into()),
+            retry_count: 2,
+            max_retries: 3,
+        };
+        let message = republished(&row);
+        assert_eq!(message.payload, b"plain");
+        let names: Vec<&str> = message.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["tenant", RETRY_COUNT_HEADER]);
+        assert_eq!(message.headers[1].1, lapin::types::AMQPValue::LongLongInt(2));
+    }
+}

@@ -11,6 +11,9 @@
 #             /api/messages/publish at 32 connections, (c) POST /api/messages/publish/batch,
 #             (d) RabbitMQ's management API publish at 32 connections; msg/s, p50/p99, errors,
 #             the service's peak RSS and the ratios to (a) and (d).
+#   stats     CPU of one stats poll (workers::stats::poll_once, examples/stats_bench.rs) with 200
+#             extra queues on the vhost, averaged over 50 polls; goal < 50 ms. The broker's CPU
+#             per poll (it renders the management API's JSON) is printed next to it.
 #
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/messages-broker/target}"
 
-SECTIONS=(publish)
+SECTIONS=(publish stats)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
 BENCH_PORT="${BENCH_PORT:-18011}"
@@ -228,6 +231,18 @@ section_publish() {
         --duration "${BENCH_DURATION}" \
         --pid "${SERVICE_PID}" \
         "${extra[@]}"
+}
+
+section_stats() {
+    echo
+    echo "## stats"
+    cargo build --release --quiet --example stats_bench
+    local broker extra=()
+    broker="$(broker_pid)"
+    [[ -n "${broker}" ]] && extra+=(--broker-pid "${broker}")
+    RABBITMQ_USER="${RABBIT_USER}" RABBITMQ_PASSWORD="${RABBIT_PASSWORD}" \
+        "${CARGO_TARGET_DIR}/release/examples/stats_bench" \
+        --management "${MANAGEMENT_URL}" --queues 200 --polls 50 "${extra[@]}"
 }
 
 main() {

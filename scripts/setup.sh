@@ -3,7 +3,8 @@
 #   * RabbitMQ server with the management plugin (API on 127.0.0.1:15672)
 #   * MariaDB (or an existing MySQL/MariaDB on 127.0.0.1:3306) with the
 #     application database, user and grants for per-test databases
-#   * optionally promtool (SETUP_PROMTOOL=1)
+#   * promtool, for the alert rules' checks and unit tests (Debian package
+#     prometheus, installed only when promtool is missing; SETUP_PROMTOOL=0 skips it)
 #
 # Idempotent: on a machine where everything is installed and running it only
 # verifies. Installs missing packages with apt-get, starts stopped services
@@ -15,7 +16,8 @@
 #   DB_TEST_DB_PATTERN               grant pattern for per-test databases
 #   RABBITMQ_MANAGEMENT_URL          default http://127.0.0.1:15672
 #   RABBITMQ_USER, RABBITMQ_PASSWORD default guest / guest
-#   SETUP_PROMTOOL=1                 also install promtool (Debian package prometheus)
+#   SETUP_PROMTOOL=0                 do not install promtool (scripts/test.sh then fails
+#                                    at its promtool step)
 #   SETUP_WAIT_SECONDS               how long to wait for each service (default 60)
 set -euo pipefail
 
@@ -385,7 +387,7 @@ SQL
 }
 
 # ---------------------------------------------------------------------------
-# promtool (optional)
+# promtool (alert rules: promtool check rules / promtool test rules)
 # ---------------------------------------------------------------------------
 install_promtool() {
     if have promtool; then
@@ -396,6 +398,14 @@ install_promtool() {
     apt_install prometheus
     have promtool || die "prometheus installed but promtool is still missing"
     log "promtool: installed ($(promtool --version 2>&1 | head -n 1))"
+    # The package also starts a Prometheus server; only its promtool is wanted here.
+    if systemd_is_pid1; then
+        as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+    elif [[ -x /etc/init.d/prometheus ]]; then
+        as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+        as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+    log "promtool: the package's prometheus server is stopped and disabled (only promtool is used)"
 }
 
 # ---------------------------------------------------------------------------
@@ -405,10 +415,10 @@ main() {
     ensure_base_tools
     setup_rabbitmq
     setup_db
-    if [[ "${SETUP_PROMTOOL:-0}" == 1 ]]; then
-        install_promtool
+    if [[ "${SETUP_PROMTOOL:-1}" == 0 ]]; then
+        log "promtool: skipped (SETUP_PROMTOOL=0)"
     else
-        log "promtool: skipped (set SETUP_PROMTOOL=1 to install)"
+        install_promtool
     fi
 
     log "summary:"

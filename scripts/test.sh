@@ -9,6 +9,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/messages-broker/target
 echo "==> setup"
 scripts/setup.sh
 
+echo "==> promtool check rules / test rules (compose/prometheus)"
+promtool check rules compose/prometheus/alerts.yml
+promtool test rules compose/prometheus/alerts.test.yml
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -38,6 +38,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DLQ_TTL", "message.dlq_ttl"),
 ];
 
+/// SHA-256 of `local-dev-token`, the development client's token in config/local.toml: refused
+/// in production, where a token everyone can read in the repository must not open the API.
+pub const DEV_TOKEN_SHA256: &str = "0cd48eed49739dfdd99efaef37d251aae5a80866e5954763c6597943fff5ce9b";
+
 /// Prefix of the generic environment layer: `MESSAGES_BROKER_RETRY__SCAN_INTERVAL=1s`.
 pub const ENV_PREFIX: &str = "MESSAGES_BROKER_";
 
@@ -331,11 +335,16 @@ impl Default for StatsSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestSettings {
-    /// Unacked dead letters per consumer: also the largest batch of rows written at once.
+    /// Largest batch of rows written at once; twice this many dead letters are in flight per queue.
     pub prefetch: u16,
     /// How long a partial batch waits for more dead letters before it is written.
     #[serde(with = "humantime_serde")]
     pub batch_linger: Duration,
+    /// A message the broker dead-lettered this many times from one queue...
+    pub poison_deaths: u32,
+    /// ...within this window is poison: stored as `failed` at once instead of retried.
+    #[serde(with = "humantime_serde")]
+    pub poison_window: Duration,
 }
 
 impl Default for IngestSettings {
@@ -343,6 +352,8 @@ impl Default for IngestSettings {
         Self {
             prefetch: 500,
             batch_linger: Duration::from_millis(50),
+            poison_deaths: 5,
+            poison_window: Duration::from_secs(600),
         }
     }
 }
@@ -630,6 +641,12 @@ impl Settings {
         }
         for (i, client) in self.auth.clients.iter().enumerate() {
             let key = format!("auth.clients[{i}].token_sha256");
+            if self.app.env == "production" && client.token_sha256.eq_ignore_ascii_case(DEV_TOKEN_SHA256) {
+                return Err(SettingsError::new(
+                    key,
+                    "the development token of config/local.toml is refused when APP_ENV=production",
+                ));
+            }
             if client.token_sha256.len() != 64 || hex::decode(&client.token_sha256).is_err() {
                 return Err(SettingsError::new(key, "must be 64 hex digits (sha-256 of the token)"));
             }
@@ -708,6 +725,22 @@ mod tests {
             "amqp://guest:p%40ss%2Fword@127.0.0.1:5672/%2F?heartbeat=10&connection_timeout=5000"
         );
         assert_eq!(rabbit.display_uri(), "amqp://guest@127.0.0.1:5672/%2F");
+    }
+
+    #[test]
+    fn the_dev_token_is_refused_in_production() {
+        let mut settings = Settings::default();
+        settings.auth.clients.push(ClientSettings {
+            name: "local-dev".into(),
+            token_sha256: DEV_TOKEN_SHA256.into(),
+            scopes: vec![Scope::Admin],
+            exchanges: None,
+        });
+        assert!(settings.check().is_ok());
+        settings.app.env = "production".into();
+        let err = settings.check().unwrap_err();
+        assert_eq!(err.key, "auth.clients[0].token_sha256");
+        assert!(err.reason.contains("production"));
     }
 
     #[test]

@@ -169,7 +169,13 @@ async fn publish_on(
             // Settle confirms first: it keeps the in-flight set (and its memory) small.
             biased;
             Some((outcome, reply)) = in_flight.next() => {
+                let channel_lost = matches!(outcome, PublishOutcome::Unavailable(_)) && !channel.status().connected();
                 let _: Result<(), PublishOutcome> = oneshot::Sender::send(reply, outcome);
+                if channel_lost {
+                    // The rest in flight on this channel are dropped: their callers get an error.
+                    warn!("Publishing channel closed; reopening.");
+                    return false;
+                }
             }
             _ = cancel.cancelled() => {
                 // In-flight confirms finish (each bounded by the confirm timeout); no new work.
@@ -181,34 +187,43 @@ async fn publish_on(
             _ = link.changed() => return false,
             request = rx.recv() => {
                 let Some(Request { message, reply }) = request else { return true };
-                let properties = properties(&message);
-                let publish = channel.basic_publish(
-                    ShortString::from(message.exchange),
-                    ShortString::from(message.routing_key),
-                    BasicPublishOptions { mandatory: true, immediate: false },
-                    &message.payload,
-                    properties,
-                );
-                match publish.await {
-                    Ok(confirm) => in_flight.push(async move {
-                        let outcome = match tokio::time::timeout(confirm_timeout, confirm).await {
-                            Ok(Ok(confirmation)) => outcome_of(confirmation),
-                            Ok(Err(err)) => PublishOutcome::Unavailable(err.to_string()),
-                            Err(_) => PublishOutcome::TimedOut,
-                        };
-                        (outcome, reply)
-                    }),
-                    Err(err) => {
-                        let _ = reply.send(PublishOutcome::Unavailable(err.to_string()));
-                        if !channel.status().connected() {
-                            warn!(error = %err, "Publishing channel closed; reopening.");
-                            return false;
-                        }
-                    }
-                }
+                // Sending is also in flight: waiting for each frame write would serialize requests.
+                in_flight.push(publish_one(channel.clone(), message, reply, confirm_timeout));
             }
         }
     }
+}
+
+/// Sends one message and waits for its confirm. lapin assigns the delivery tag and queues the
+/// frames on the first poll, so concurrent sends on one channel keep tags and frames in step.
+async fn publish_one(
+    channel: Channel,
+    message: OutgoingMessage,
+    reply: oneshot::Sender<PublishOutcome>,
+    confirm_timeout: Duration,
+) -> (PublishOutcome, oneshot::Sender<PublishOutcome>) {
+    let properties = properties(&message);
+    let sent = channel
+        .basic_publish(
+            ShortString::from(message.exchange),
+            ShortString::from(message.routing_key),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &message.payload,
+            properties,
+        )
+        .await;
+    let outcome = match sent {
+        Err(err) => PublishOutcome::Unavailable(err.to_string()),
+        Ok(confirm) => match tokio::time::timeout(confirm_timeout, confirm).await {
+            Ok(Ok(confirmation)) => outcome_of(confirmation),
+            Ok(Err(err)) => PublishOutcome::Unavailable(err.to_string()),
+            Err(_) => PublishOutcome::TimedOut,
+        },
+    };
+    (outcome, reply)
 }
 
 fn outcome_of(confirmation: Confirmation) -> PublishOutcome {

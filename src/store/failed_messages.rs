@@ -222,14 +222,26 @@ pub const ABANDONED_AFTER: Duration = Duration::from_secs(300);
 /// Claims up to `limit` due rows: `FOR UPDATE SKIP LOCKED` keeps concurrent retriers off each
 /// other's rows while they are being claimed, the `retrying` status afterwards.
 pub async fn claim_due(pool: &MySqlPool, limit: u32) -> Result<Vec<Claimed>, StoreError> {
-    let mut tx = pool.begin().await?;
-    let ids: Vec<u64> = sqlx::query_scalar(
-        "SELECT id FROM failed_messages \
-         WHERE (status = 'pending' AND next_retry_at <= UTC_TIMESTAMP(6)) \
-            OR (status = 'retrying' AND last_retry_at < UTC_TIMESTAMP(6) - INTERVAL ? SECOND) \
-         ORDER BY next_retry_at LIMIT ? FOR UPDATE SKIP LOCKED",
+    super::retry_deadlocks(|| claim_due_once(pool, limit)).await
+}
+
+async fn claim_due_once(pool: &MySqlPool, limit: u32) -> Result<Vec<Claimed>, StoreError> {
+    // A replica that died mid-retry leaves rows `retrying`: give them back first.
+    sqlx::query(
+        "UPDATE failed_messages SET status = 'pending', retry_count = retry_count - 1, next_retry_at = UTC_TIMESTAMP(6) \
+         WHERE status = 'retrying' AND last_retry_at < UTC_TIMESTAMP(6) - INTERVAL ? SECOND",
     )
     .bind(ABANDONED_AFTER.as_secs())
+    .execute(pool)
+    .await?;
+    let mut tx = pool.begin().await?;
+    // A range scan of (status, next_retry_at) in index order stops after LIMIT rows, so only
+    // those are locked and another replica's SKIP LOCKED takes the next ones.
+    let ids: Vec<u64> = sqlx::query_scalar(
+        "SELECT id FROM failed_messages FORCE INDEX (idx_failed_messages_due) \
+         WHERE status = 'pending' AND next_retry_at <= UTC_TIMESTAMP(6) \
+         ORDER BY next_retry_at LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
@@ -240,6 +252,10 @@ pub async fn claim_due(pool: &MySqlPool, limit: u32) -> Result<Vec<Claimed>, Sto
 
 /// Claims one row now, whatever its schedule (manual retry). `Err` says why it cannot be.
 pub async fn claim_one(pool: &MySqlPool, id: u64) -> Result<Result<Claimed, ClaimRefusal>, StoreError> {
+    super::retry_deadlocks(|| claim_one_once(pool, id)).await
+}
+
+async fn claim_one_once(pool: &MySqlPool, id: u64) -> Result<Result<Claimed, ClaimRefusal>, StoreError> {
     let mut tx = pool.begin().await?;
     let status: Option<String> =
         sqlx::query_scalar("SELECT CAST(status AS CHAR) FROM failed_messages WHERE id = ? FOR UPDATE")
@@ -314,30 +330,36 @@ async fn claim_ids(tx: &mut sqlx::Transaction<'_, MySql>, ids: &[u64]) -> Result
 /// The broker confirmed the republish. Only a row still ours (`retrying`, same count) changes:
 /// if the message already failed again and was re-ingested, that newer state wins.
 pub async fn mark_resolved(pool: &MySqlPool, claimed: &Claimed) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE failed_messages SET status = 'resolved', resolved_at = UTC_TIMESTAMP(6), next_retry_at = NULL \
+    super::retry_deadlocks(|| async {
+        sqlx::query(
+            "UPDATE failed_messages SET status = 'resolved', resolved_at = UTC_TIMESTAMP(6), next_retry_at = NULL \
          WHERE id = ? AND status = 'retrying' AND retry_count = ?",
-    )
-    .bind(claimed.id)
-    .bind(claimed.retry_count)
-    .execute(pool)
-    .await?;
-    Ok(())
+        )
+        .bind(claimed.id)
+        .bind(claimed.retry_count)
+        .execute(pool)
+        .await?;
+        Ok(())
+    })
+    .await
 }
 
 /// The republish was not confirmed: the attempt did not happen, the row waits `delay` again.
 pub async fn release(pool: &MySqlPool, claimed: &Claimed, delay: Duration) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE failed_messages SET status = 'pending', retry_count = retry_count - 1, \
+    super::retry_deadlocks(|| async {
+        sqlx::query(
+            "UPDATE failed_messages SET status = 'pending', retry_count = retry_count - 1, \
          next_retry_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
          WHERE id = ? AND status = 'retrying' AND retry_count = ?",
-    )
-    .bind(delay.as_micros() as u64)
-    .bind(claimed.id)
-    .bind(claimed.retry_count)
-    .execute(pool)
-    .await?;
-    Ok(())
+        )
+        .bind(delay.as_micros() as u64)
+        .bind(claimed.id)
+        .bind(claimed.retry_count)
+        .execute(pool)
+        .await?;
+        Ok(())
+    })
+    .await
 }
 
 pub async fn find(pool: &MySqlPool, id: u64) -> Result<Option<FailedMessage>, StoreError> {

@@ -120,7 +120,10 @@ impl QueueIngester {
     async fn consume(&self, link: &Link, session: &CancellationToken) -> anyhow::Result<()> {
         let prefetch = self.ingester.settings.ingest.prefetch;
         let channel = link.connection.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        // Twice the batch in flight: the next batch arrives while the previous one is written.
+        channel
+            .basic_qos(prefetch.saturating_mul(2), BasicQosOptions::default())
+            .await?;
         let consumer = channel
             .basic_consume(
                 self.dlq.as_str().into(),
@@ -290,6 +293,7 @@ pub fn dead_letter_row_from(
         Some(AMQPValue::Timestamp(t)) => DateTime::from_timestamp(*t as i64, 0).unwrap_or(now),
         _ => now,
     };
+    let failed_at = failed_at.min(now);
     let mut error_message = format!("{reason} in {queue} (death count {count})");
     if let Some(why) = ERROR_HEADERS.iter().find_map(|h| text(header(h))) {
         error_message.push_str(": ");
@@ -311,7 +315,17 @@ pub fn dead_letter_row_from(
         .and_then(|v| v.as_u64())
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
     let max_retries = settings.max_retries();
-    let (status, next_retry_at) = if retry_count >= max_retries {
+    // Poison: the broker itself dead-lettered it again and again in a short time (a consumer
+    // that crashes on it and requeues, a dead-letter cycle). Retrying would only feed the loop.
+    let first_death_age = (now - failed_at).to_std().unwrap_or_default();
+    let poison = count >= i64::from(settings.ingest.poison_deaths) && first_death_age <= settings.ingest.poison_window;
+    if poison {
+        error_message = format!(
+            "poison: dead-lettered {count} times from {queue} within {}s; {error_message}",
+            first_death_age.as_secs()
+        );
+    }
+    let (status, next_retry_at) = if retry_count >= max_retries || poison {
         (Status::Failed, None)
     } else {
         let delay = retrier::retry_delay(&settings.backoff(), retry_count);
@@ -479,6 +493,42 @@ mod tests {
         );
         let props = self::props(&[(RETRY_COUNT_HEADER, AMQPValue::LongLongInt(2))]);
         let row = dead_letter_row_from(&props, b"{}", "", "", "orders_queue", &settings, Utc::now());
+        assert_eq!(row.status, Status::Pending);
+    }
+
+    #[test]
+    fn a_message_dead_lettered_over_and_over_is_poison() {
+        let settings = Settings::default();
+        let now = Utc::now();
+        let looping = |seconds_ago: i64| {
+            let AMQPValue::FieldTable(mut entry) =
+                death("orders_queue", "orders_exchange", "orders.created", "rejected", 6)
+            else {
+                unreachable!()
+            };
+            entry.insert(
+                "time".into(),
+                AMQPValue::Timestamp((now.timestamp() - seconds_ago) as u64),
+            );
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "x-death".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(entry)])),
+            );
+            BasicProperties::default()
+                .with_message_id("p".into())
+                .with_headers(headers)
+        };
+        let row = dead_letter_row_from(&looping(30), b"{}", "", "", "orders_queue", &settings, now);
+        assert_eq!((row.status, row.next_retry_at), (Status::Failed, None));
+        assert!(
+            row.error_message
+                .starts_with("poison: dead-lettered 6 times from orders_queue within 30s"),
+            "{}",
+            row.error_message
+        );
+        // The same count spread over days is not a loop.
+        let row = dead_letter_row_from(&looping(3 * 86_400), b"{}", "", "", "orders_queue", &settings, now);
         assert_eq!(row.status, Status::Pending);
     }
 

@@ -17,10 +17,10 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --features fault-tests --locked -- -D warnings
 
 echo "==> cargo test"
-cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-4}"
+cargo test --all-targets --features fault-tests --locked -- --test-threads="${TEST_THREADS:-4}"
 
 echo "==> topology check of the shipped topology.toml"
 cargo run --quiet --locked -- topology check topology.toml

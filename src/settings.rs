@@ -124,6 +124,21 @@ pub struct DatabaseSettings {
     pub connect_timeout: Duration,
     /// `serve` runs the migrations before the roles that need the database start.
     pub migrate_on_start: bool,
+    /// TLS to MySQL: `disabled`, `preferred` (TLS when the server offers it), `required`,
+    /// `verify_ca` or `verify_identity` (the last two check the certificate against `ssl_ca`).
+    pub ssl_mode: SslMode,
+    /// PEM file of the CA that signed the server's certificate (for `verify_ca`/`verify_identity`).
+    pub ssl_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SslMode {
+    Disabled,
+    Preferred,
+    Required,
+    VerifyCa,
+    VerifyIdentity,
 }
 
 impl Default for DatabaseSettings {
@@ -138,19 +153,33 @@ impl Default for DatabaseSettings {
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
             migrate_on_start: true,
+            ssl_mode: SslMode::Preferred,
+            ssl_ca: None,
         }
     }
 }
 
 impl DatabaseSettings {
     pub fn connect_options(&self) -> sqlx::mysql::MySqlConnectOptions {
-        sqlx::mysql::MySqlConnectOptions::new()
+        use sqlx::mysql::MySqlSslMode;
+        let options = sqlx::mysql::MySqlConnectOptions::new()
             .host(&self.host)
             .port(self.port)
             .username(&self.username)
             .password(self.password.expose())
             .database(&self.database)
             .charset("utf8mb4")
+            .ssl_mode(match self.ssl_mode {
+                SslMode::Disabled => MySqlSslMode::Disabled,
+                SslMode::Preferred => MySqlSslMode::Preferred,
+                SslMode::Required => MySqlSslMode::Required,
+                SslMode::VerifyCa => MySqlSslMode::VerifyCa,
+                SslMode::VerifyIdentity => MySqlSslMode::VerifyIdentity,
+            });
+        match &self.ssl_ca {
+            Some(ca) => options.ssl_ca(ca),
+            None => options,
+        }
     }
 }
 
@@ -178,6 +207,9 @@ pub struct RabbitMqSettings {
     /// Base URL of the management API; empty means `http://{host}:{management_port}`.
     #[serde(deserialize_with = "lenient_string")]
     pub management_url: String,
+    /// AMQP over TLS (`amqps://`, usually port 5671), server certificate checked against the
+    /// system's CA store.
+    pub tls: bool,
 }
 
 impl Default for RabbitMqSettings {
@@ -194,6 +226,7 @@ impl Default for RabbitMqSettings {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(10),
             management_url: String::new(),
+            tls: false,
         }
     }
 }
@@ -202,7 +235,8 @@ impl RabbitMqSettings {
     /// The AMQP URI with credentials: never log it, log [`Self::display_uri`].
     pub fn amqp_uri(&self) -> String {
         format!(
-            "amqp://{}:{}@{}:{}/{}?heartbeat={}&connection_timeout={}",
+            "{}://{}:{}@{}:{}/{}?heartbeat={}&connection_timeout={}",
+            self.scheme(),
             encode_component(&self.user),
             encode_component(self.password.expose()),
             self.host,
@@ -213,9 +247,14 @@ impl RabbitMqSettings {
         )
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls { "amqps" } else { "amqp" }
+    }
+
     pub fn display_uri(&self) -> String {
         format!(
-            "amqp://{}@{}:{}/{}",
+            "{}://{}@{}:{}/{}",
+            self.scheme(),
             self.user,
             self.host,
             self.port,
@@ -741,6 +780,17 @@ mod tests {
         let err = settings.check().unwrap_err();
         assert_eq!(err.key, "auth.clients[0].token_sha256");
         assert!(err.reason.contains("production"));
+    }
+
+    #[test]
+    fn tls_switches_the_amqp_scheme() {
+        let rabbit = RabbitMqSettings {
+            tls: true,
+            port: 5671,
+            ..Default::default()
+        };
+        assert!(rabbit.amqp_uri().starts_with("amqps://guest:guest@127.0.0.1:5671/"));
+        assert_eq!(rabbit.display_uri(), "amqps://guest@127.0.0.1:5671/%2F");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use crate::settings::LogFormat;
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=off,sqlx=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=off,sqlx=warn,tokio_cron_scheduler=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry

@@ -344,3 +344,29 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[tokio::test]
+async fn mysql_tls_is_selected_by_settings() {
+    use messages_broker::{settings::SslMode, store};
+    let env = TestEnv::new("tls").await;
+    let mut plain = env.settings.database.clone();
+    plain.ssl_mode = SslMode::Disabled;
+    let pool = store::pool(&plain);
+    store::ping(&pool).await.expect("plain connection");
+    let have_ssl: (String, String) = sqlx::query_as("SHOW VARIABLES LIKE 'have_ssl'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    let mut required = env.settings.database.clone();
+    required.ssl_mode = SslMode::Required;
+    required.connect_timeout = Duration::from_secs(2);
+    let result = store::ping(&store::pool(&required)).await;
+    // The setting reaches the driver: TLS is demanded, and the server's answer decides.
+    if have_ssl.1 == "YES" {
+        result.expect("TLS connection to a server that offers it");
+    } else {
+        assert!(result.is_err(), "ssl_mode=required must refuse a server without TLS");
+    }
+    env.cleanup().await;
+}

@@ -5,6 +5,8 @@ pub mod declare;
 pub mod diff;
 pub mod model;
 pub mod validate;
+#[cfg(test)]
+mod fuzz_tests;
 
 pub use model::*;
 pub use validate::{TopologyError, load, parse, validate};

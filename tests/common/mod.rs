@@ -2,6 +2,7 @@
 //! spawned on port 0 against the real RabbitMQ and MariaDB, and polling with a deadline.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod load;
 pub mod proxy;
 
 use std::{future::Future, path::PathBuf, time::Duration};

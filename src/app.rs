@@ -338,7 +338,7 @@ impl App {
     }
 }
 
-/// Migrates once the database answers; replicas may race, sqlx's migration lock serializes them.
+/// Migrates once the database answers; replicas may race, the migration lock serializes them.
 async fn run_migrations(pool: sqlx::MySqlPool, done: watch::Sender<bool>, cancel: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     loop {

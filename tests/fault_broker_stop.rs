@@ -14,6 +14,7 @@ use common::{load::*, *};
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use messages_broker::amqp::connection;
 use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
 
 fn rabbitmqctl(arg: &str) -> bool {
     Command::new("rabbitmqctl")
@@ -55,8 +56,8 @@ impl Drop for Broker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_stopped_and_started_under_a_publish_load() {
-    // The guard lives outside the time limit: a timeout drops the test's future (and with it
-    // nothing of the broker's state), then this guard restarts the broker if it is still down.
+    // The guard lives outside the time limit: whether the test passes, panics or times out, it
+    // is dropped last and starts the broker again if it is still stopped.
     let mut broker = Broker::default();
     let confirm_timeout = Duration::from_secs(2);
     timeout(Duration::from_secs(150), async {
@@ -74,6 +75,26 @@ async fn the_broker_stopped_and_started_under_a_publish_load() {
             id_prefix: env.prefix.clone(),
             request_timeout: Duration::from_secs(20),
         });
+        // Readiness, watched all along: its transitions say when the outage was seen and ended.
+        let watching = CancellationToken::new();
+        let watcher = {
+            let (url, stop, origin) = (app.url("/api/ready"), watching.clone(), load.origin);
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(3))
+                    .build()
+                    .unwrap();
+                let mut transitions: Vec<(Duration, u16)> = Vec::new();
+                while !stop.is_cancelled() {
+                    let status = http.get(&url).send().await.map_or(0, |r| r.status().as_u16());
+                    if transitions.last().is_none_or(|(_, last)| *last != status) {
+                        transitions.push((origin.elapsed(), status));
+                    }
+                    sleep(Duration::from_millis(100)).await;
+                }
+                transitions
+            })
+        };
         sleep(Duration::from_secs(2)).await;
         // An exchange the load does not use, deleted: its return proves the topology is redeclared.
         let events = env.name("events");
@@ -91,9 +112,10 @@ async fn the_broker_stopped_and_started_under_a_publish_load() {
         broker.start_app().await;
         let started = load.now();
         let back = eventually(Duration::from_secs(60), || async { app.ready_status().await.0 == 200 }).await;
-        let ready_again = load.now();
         sleep(Duration::from_secs(3)).await;
         let samples = load.stop().await;
+        watching.cancel();
+        let transitions = watcher.await.unwrap();
 
         let has_events = eventually(Duration::from_secs(10), || async {
             app.management
@@ -141,19 +163,32 @@ async fn the_broker_stopped_and_started_under_a_publish_load() {
             .filter(|s| s.started >= down_seen && s.finished <= start_begun)
             .collect();
         let slowest = outage.iter().map(|s| s.took()).max().unwrap_or_default();
+        let failures: Vec<&Sample> = samples.iter().filter(|s| !s.created()).collect();
+        let slowest_failure = failures.iter().map(|s| s.took()).max().unwrap_or_default();
+        let first_failure = failures.iter().map(|s| s.finished).min();
         let resumed = samples
             .iter()
             .filter(|s| s.created() && s.started >= start_begun)
             .map(|s| s.finished)
             .min();
         eprintln!(
-            "[fault_stop] stop_app took {:?}, ready 503 seen {:?} after it began; during {}; start_app took {:?}, ready 200 {:?} after it returned, first 201 {:?} after it returned",
+            "[fault_stop] stop_app took {:?}, first 503 {:?} and ready 503 {:?} after it began; during {}; start_app took {:?}, ready 200 {:?} after it returned, first 201 {:?} after it returned; slowest 503 of the whole run {slowest_failure:?}",
             stopped - stop_begun,
-            down_seen - stop_begun,
+            first_failure.map(|t| t.saturating_sub(stop_begun)),
+            transitions
+                .iter()
+                .find(|(_, status)| *status == 503)
+                .map(|(t, _)| t.saturating_sub(stop_begun)),
             during["checks"]["broker"],
             started - start_begun,
-            ready_again - started,
+            transitions
+                .iter()
+                .rfind(|(_, status)| *status == 200)
+                .map(|(t, _)| t.saturating_sub(started)),
             resumed.map(|t| t.saturating_sub(started))
+        );
+        eprintln!(
+            "[fault_stop] ready transitions (load clock): {transitions:?}; stop_app began at {stop_begun:?}, start_app at {start_begun:?}"
         );
         eprintln!(
             "[fault_stop] during the outage: {} publishes {:?}, slowest {slowest:?} (limit {:?}); overall sent {} confirmed {} {:?}; in queue {} lost {} duplicates {} unconfirmed-but-queued {}; events exchange back {has_events}; probe {probe_status}, ingested {ingested}",
@@ -170,6 +205,8 @@ async fn the_broker_stopped_and_started_under_a_publish_load() {
         );
 
         assert!(down, "ready stayed 200 while the broker was stopped");
+        let sequence: Vec<u16> = transitions.iter().map(|(_, status)| *status).collect();
+        assert_eq!(sequence, vec![200, 503, 200], "ready over the run: {transitions:?}");
         assert_eq!(during["checks"]["broker"]["status"], "down", "{during}");
         assert!(back, "not ready after start_app: {:?}", app.ready_status().await);
         assert!(outage.len() > 10, "too few publishes during the outage: {}", outage.len());
@@ -183,6 +220,10 @@ async fn the_broker_stopped_and_started_under_a_publish_load() {
         assert!(
             slowest < confirm_timeout + Duration::from_secs(1),
             "a publish took {slowest:?} to fail while the broker was down"
+        );
+        assert!(
+            slowest_failure < confirm_timeout + Duration::from_secs(1),
+            "a publish took {slowest_failure:?} to fail (confirm timeout {confirm_timeout:?})"
         );
         assert!(resumed.is_some(), "no 201 after start_app: {:?}", verdict.statuses);
         assert!(

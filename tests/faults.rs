@@ -71,13 +71,22 @@ async fn publishing_survives_two_connection_cuts_and_loses_no_confirmed_message(
         sleep(Duration::from_secs(2)).await;
 
         // Two cuts through the management API, as an operator (or a broker failover) would.
+        // Each cut is timed from the moment the close is sent (the management API lists a fresh
+        // connection only after a few seconds: that wait is not the service's).
         let mut cuts = Vec::new();
+        let mut asked_at = Vec::new();
         for round in 1..=2 {
             let before = generation(&app);
-            let at = load.now();
-            let closed = app.close_connections(&env.settings.app.name).await;
+            asked_at.push(load.now());
+            let (closed, at) = cut_connections(
+                &app.management,
+                &env.settings.app.name,
+                load.origin,
+                Duration::from_secs(15),
+            )
+            .await;
             assert!(closed >= 1, "cut {round}: no connection of the app to close");
-            cuts.push(at);
+            cuts.push(at.expect("a close was sent"));
             let reconnected = eventually(Duration::from_secs(10), || async { generation(&app) > before }).await;
             assert!(reconnected, "cut {round}: the app did not reconnect");
             sleep(Duration::from_millis(2500)).await;
@@ -105,8 +114,9 @@ async fn publishing_survives_two_connection_cuts_and_loses_no_confirmed_message(
         );
         for (i, r) in recoveries.iter().enumerate() {
             eprintln!(
-                "[fault_cuts] cut {} at {:?}: {} failed answers between {:?} and {:?}; resumed {:?} after the cut",
+                "[fault_cuts] cut {} asked at {:?}, close sent at {:?}: {} failed answers between {:?} and {:?}; the first 201 of a request sent after the first failure came {:?} after the close",
                 i + 1,
+                asked_at[i],
                 r.fault_at,
                 r.failures,
                 r.first_failure,

@@ -370,3 +370,20 @@ async fn mysql_tls_is_selected_by_settings() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn replicas_migrating_together_take_turns() {
+    use messages_broker::store;
+    let env = TestEnv::new("migrate").await;
+    let pools: Vec<_> = (0..4).map(|_| store::pool(&env.settings.database)).collect();
+    let results = futures_util::future::join_all(pools.iter().map(store::migrate)).await;
+    for result in results {
+        result.expect("every replica migrates without error");
+    }
+    let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&pools[0])
+        .await
+        .unwrap();
+    assert_eq!(versions, store::MIGRATOR.iter().count() as i64);
+    env.cleanup().await;
+}

@@ -69,8 +69,27 @@ where
     }
 }
 
+/// Runs the migrations under a named lock, so replicas starting together take turns.
+/// sqlx's own lock asks `GET_LOCK(name, -1)`, which MariaDB answers at once with NULL instead of
+/// waiting; a positive timeout waits on both MySQL 8 and MariaDB.
 pub async fn migrate(pool: &MySqlPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await?;
+    let mut conn = pool.acquire().await?;
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('messages_broker_migrations', 60)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if locked != Some(1) {
+        return Err(StoreError::Unavailable(sqlx::Error::Protocol(
+            "another replica held the migration lock for 60 s".into(),
+        )));
+    }
+    // `run(&mut conn)` trips "Acquire is not general enough" inside a spawned future;
+    // `run_direct` is what `run` calls, exposed by sqlx for exactly this.
+    let connection: &mut sqlx::MySqlConnection = &mut conn;
+    let result = MIGRATOR.run_direct(None, connection, false).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK('messages_broker_migrations')")
+        .execute(&mut *conn)
+        .await;
+    result?;
     Ok(())
 }
 

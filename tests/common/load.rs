@@ -13,7 +13,10 @@ use lapin::{
     options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use messages_broker::{amqp::connection, settings::Settings};
+use messages_broker::{
+    amqp::{connection, management::ManagementClient},
+    settings::Settings,
+};
 use serde_json::{Value, json};
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -382,6 +385,40 @@ impl Rejecter {
             Err(_) => panic!("the rejecter did not stop within 10 s"),
         }
         std::mem::take(&mut *self.rejected.lock().unwrap())
+    }
+}
+
+/// Closes every AMQP connection whose name starts with `app_name` through the management API,
+/// once one is listed (the API lists a fresh connection only after a few seconds). Returns how
+/// many were closed and when (on the load's clock `origin`) the first close was sent: the moment
+/// the fault really happened. Gives up after `limit`.
+pub async fn cut_connections(
+    management: &ManagementClient,
+    app_name: &str,
+    origin: Instant,
+    limit: Duration,
+) -> (usize, Option<Duration>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let listed = management.connections().await.unwrap_or_default();
+        let mut closed = 0;
+        let mut first = None;
+        for conn in listed.iter().filter(|c| {
+            c.client_properties
+                .connection_name
+                .as_deref()
+                .is_some_and(|name| name.starts_with(app_name))
+        }) {
+            let at = origin.elapsed();
+            if management.close_connection(&conn.name).await.is_ok() {
+                closed += 1;
+                first.get_or_insert(at);
+            }
+        }
+        if closed > 0 || Instant::now() >= deadline {
+            return (closed, first);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

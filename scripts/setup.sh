@@ -420,6 +420,7 @@ main() {
     else
         install_promtool
     fi
+    { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'schemathesis==3.39.16' 'hypothesis<6.140' && log "schemathesis: $(python3 -m schemathesis.cli --version) (for scripts/schemathesis.sh; hypothesis pinned: 6.170.10+ breaks hypothesis-jsonschema 0.23)"; } || die "pip could not install schemathesis (scripts/schemathesis.sh needs it)"
 
     log "summary:"
     log "  RabbitMQ ${RABBITMQ_VERSION:-unknown version}: node running, management API OK (${RABBITMQ_MANAGEMENT_URL})"

@@ -21,6 +21,7 @@ cargo clippy --all-targets --features fault-tests --locked -- -D warnings
 
 echo "==> cargo test"
 cargo test --all-targets --features fault-tests --locked -- --test-threads="${TEST_THREADS:-4}"
+echo "==> schemathesis against /api/openapi.json (scripts/schemathesis.sh)" && scripts/schemathesis.sh
 
 echo "==> topology check of the shipped topology.toml"
 cargo run --quiet --locked -- topology check topology.toml

@@ -99,8 +99,10 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        // The scheme is case-insensitive (RFC 9110 §11.1); spaces around the token are not part of it.
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
         .ok_or_else(ApiError::unauthorized)?;
     let client = state.clients.authenticate(token).ok_or_else(ApiError::unauthorized)?;

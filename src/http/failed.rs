@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, Query, State, rejection::QueryRejection},
-    http::StatusCode,
+    extract::{
+        Path, Query, State,
+        rejection::{BytesRejection, PathRejection, QueryRejection},
+    },
+    http::{HeaderMap, StatusCode},
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
@@ -16,6 +19,7 @@ use tracing::{error, info};
 use super::{
     AppState,
     auth::Caller,
+    body::json_body,
     error::{ApiError, ErrorBody},
 };
 use crate::{
@@ -121,6 +125,14 @@ fn query_pairs(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> R
         .map_err(|_| ApiError::validation(BTreeMap::from([("query".into(), "is not a valid query string".into())])))
 }
 
+/// The id segment: a segment that is not even UTF-8 names no row either.
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
+    match path {
+        Ok(Path(raw)) => parse_id(&raw),
+        Err(_) => Err(ApiError::not_found("No such failed message.")),
+    }
+}
+
 /// Ids are positive integers; anything else cannot name a row.
 fn parse_id(raw: &str) -> Result<u64, ApiError> {
     raw.parse::<u64>()
@@ -136,7 +148,7 @@ fn pool(state: &AppState) -> Result<&sqlx::MySqlPool, ApiError> {
         .ok_or_else(|| ApiError::not_found("Failed messages are served by the `api` role."))
 }
 
-#[utoipa::path(get, path = "/api/messages/failed", tag = "failed messages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/messages/failed", operation_id = "list_failed_messages", tag = "failed messages", security(("bearer" = [])),
     params(
         ("status" = Option<String>, Query, description = "pending | retrying | failed | resolved"),
         ("exchange" = Option<String>, Query), ("routing_key" = Option<String>, Query), ("queue" = Option<String>, Query),
@@ -168,24 +180,24 @@ pub async fn list(
     })))
 }
 
-#[utoipa::path(get, path = "/api/messages/failed/{id}", tag = "failed messages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/messages/failed/{id}", operation_id = "show_failed_message", tag = "failed messages", security(("bearer" = [])),
     params(("id" = u64, Path)),
     responses((status = 200, description = "One failed message with headers and death history"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     Caller(client): Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Read)?;
-    let id = parse_id(&id)?;
+    let id = path_id(id)?;
     let row = failed_messages::find(pool(&state)?, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("No failed message {id}.")))?;
     Ok(Json(json!(row)))
 }
 
-#[utoipa::path(post, path = "/api/messages/retry/{id}", tag = "failed messages", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/messages/retry/{id}", operation_id = "retry_failed_message", tag = "failed messages", security(("bearer" = [])),
     params(("id" = u64, Path)),
     responses((status = 200, description = "The row after the retry (status resolved once republished and confirmed)"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -193,10 +205,10 @@ pub async fn show(
 pub async fn retry_one(
     State(state): State<AppState>,
     Caller(client): Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
-    let id = parse_id(&id)?;
+    let id = path_id(id)?;
     let retrier = state
         .retrier
         .as_ref()
@@ -225,24 +237,28 @@ pub async fn retry_one(
     }
 }
 
-#[utoipa::path(post, path = "/api/messages/failed/retry", tag = "failed messages", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/messages/failed/retry", operation_id = "retry_failed_messages", tag = "failed messages",
+    request_body(content = Object, description = "Optional: the same filters as a JSON object, e.g. {\"exchange\": \"orders_exchange\"}"), security(("bearer" = [])),
     params(
         ("status" = Option<String>, Query), ("exchange" = Option<String>, Query), ("routing_key" = Option<String>, Query),
         ("queue" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("q" = Option<String>, Query),
     ),
     responses((status = 200, description = "{queued: N}: every pending or failed row matching is due now"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 400, body = ErrorBody, description = "invalid_json"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn retry_matching(
     State(state): State<AppState>,
     Caller(client): Caller,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
     let mut pairs = query_pairs(query)?;
     // The filters may also come as a JSON object body: {"exchange": "orders_exchange", "from": "..."}.
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
+    let has_body = body.as_ref().is_ok_and(|b| !b.iter().all(u8::is_ascii_whitespace));
+    if has_body || body.is_err() {
+        let Value::Object(map) = json_body(&headers, body, state.settings.app.max_body_bytes)? else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
@@ -263,17 +279,17 @@ pub async fn retry_matching(
     Ok(Json(json!({ "queued": queued })))
 }
 
-#[utoipa::path(delete, path = "/api/messages/failed/{id}", tag = "failed messages", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/messages/failed/{id}", operation_id = "delete_failed_message", tag = "failed messages", security(("bearer" = [])),
     params(("id" = u64, Path)),
     responses((status = 200, description = "{message}"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     Caller(client): Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
-    let id = parse_id(&id)?;
+    let id = path_id(id)?;
     if !failed_messages::delete(pool(&state)?, id).await? {
         return Err(ApiError::not_found(format!("No failed message {id}.")));
     }

@@ -432,7 +432,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-#[utoipa::path(post, path = "/api/messages/publish", tag = "messages", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/messages/publish", operation_id = "publish_message", tag = "messages", security(("bearer" = [])),
     request_body(content = Object, description = "{\"exchange\", \"routing_key\", \"message\": {\"event\", \"data\", \"timestamp\"?, \"metadata\"?}, \"message_id\"?, \"headers\"?}"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Publishing the same key again within 24 h answers the first result")),
     responses(
@@ -470,7 +470,7 @@ pub async fn publish(
     }
 }
 
-#[utoipa::path(post, path = "/api/messages/publish/batch", tag = "messages", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/messages/publish/batch", operation_id = "publish_batch", tag = "messages", security(("bearer" = [])),
     request_body(content = Object, description = "{\"messages\": [publish bodies]} (at most 500)"),
     responses(
         (status = 200, description = "{results: [...]}: one per message, in order; each {index, status: 201, message_id, exchange, routing_key} or {index, status, error, message}"),

@@ -147,7 +147,7 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-#[utoipa::path(get, path = "/api/queues", tag = "queues", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/api/queues", operation_id = "list_queues", tag = "queues", security(("bearer" = [])), responses(
     (status = 200, body = [QueueSummary], description = "Every queue of the vhost (the topology's marked `managed`); headers X-Stats-Source and X-Stats-Taken-At say where and when the figures were read"),
     (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 503, body = ErrorBody, description = "stats_unavailable: no snapshot yet, the broker unreachable, or no `stats` role in this process"),
@@ -182,7 +182,7 @@ fn summary(queue: &QueueStats) -> QueueSummary {
     }
 }
 
-#[utoipa::path(get, path = "/api/queues/{queue}/stats", tag = "queues", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/queues/{queue}/stats", operation_id = "queue_stats", tag = "queues", security(("bearer" = [])),
     params(("queue" = String, Path, description = "Queue name")),
     responses(
         (status = 200, body = QueueStatsBody),
@@ -249,7 +249,7 @@ pub async fn stats(
     }))
 }
 
-#[utoipa::path(post, path = "/api/queues/{queue}/purge", tag = "queues", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/queues/{queue}/purge", operation_id = "purge_queue", tag = "queues", security(("bearer" = [])),
     params(
         ("queue" = String, Path, description = "Queue name"),
         ("X-Confirm-Purge" = String, Header, description = "Must repeat the queue's name"),

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{settings::Scope, topology::Topology};
 
-#[utoipa::path(get, path = "/api/topology", tag = "topology", security(("bearer" = [])), responses(
+#[utoipa::path(get, path = "/api/topology", operation_id = "show_topology", tag = "topology", security(("bearer" = [])), responses(
     (status = 200, description = "Exchanges, queues (with derived dead-letter queues), bindings and rate limits"),
     (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
 ))]

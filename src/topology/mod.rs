@@ -3,10 +3,10 @@
 
 pub mod declare;
 pub mod diff;
-pub mod model;
-pub mod validate;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod model;
+pub mod validate;
 
 pub use model::*;
 pub use validate::{TopologyError, load, parse, validate};

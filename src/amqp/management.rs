@@ -17,12 +17,6 @@ pub enum ManagementError {
     Body { url: String, source: reqwest::Error },
 }
 
-impl ManagementError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Status { status, .. } if *status == reqwest::StatusCode::NOT_FOUND)
-    }
-}
-
 #[derive(Clone)]
 pub struct ManagementClient {
     http: reqwest::Client,

@@ -269,6 +269,10 @@ impl App {
         let router = http::router(state.clone());
         let (stop, fatal_signal) = (front_cancel.clone(), fatal.clone());
         front.spawn_named("http", async move {
+            // Small JSON answers must not wait for Nagle's algorithm: it adds milliseconds per request.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(err) = server.await {
                 error!(error = %err, "HTTP server failed; stopping.");

@@ -51,14 +51,7 @@ pub struct App {
 
 /// Reads the topology file, applies `MESSAGE_TTL` / `DLQ_TTL`, and validates.
 pub fn load_topology(settings: &Settings) -> Result<Topology, Vec<TopologyError>> {
-    let path = &settings.app.topology_file;
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        vec![TopologyError {
-            path: path.display().to_string(),
-            reason: format!("cannot read topology file: {err} (set TOPOLOGY_FILE or pass the file path)"),
-        }]
-    })?;
-    let mut file = topology::parse(&text).map_err(|err| vec![err])?;
+    let mut file = topology::read(&settings.app.topology_file)?;
     if let Some(ttl) = settings.message.ttl {
         file.queue_defaults.message_ttl = Some(ttl.into());
     }

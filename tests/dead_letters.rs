@@ -7,7 +7,7 @@ mod common;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use common::{proxy::ChaosProxy, *};
+use common::*;
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use messages_broker::{
     amqp::{
@@ -314,17 +314,9 @@ async fn two_retriers_on_one_database_republish_each_row_exactly_once() {
 #[tokio::test]
 async fn the_database_cut_during_ingestion_loses_and_doubles_nothing() {
     let mut env = TestEnv::new("dl_dbcut").await;
-    let proxy = ChaosProxy::start(
-        format!("{}:{}", env.settings.database.host, env.settings.database.port)
-            .parse()
-            .unwrap(),
-    )
-    .await;
-    env.settings.database.port = proxy.addr.port();
-    env.settings.database.connect_timeout = Duration::from_secs(1);
+    let (proxy, direct) = env.behind_database_proxy().await;
     let app = env.spawn().await;
     app.wait_ready().await;
-    let direct = store::pool(&TestEnv::direct_database(&env.settings));
     let orders = env.name("orders_exchange");
 
     let batch = json!({"messages": vec![publish_body(&orders, "orders.created"); 100]});

@@ -13,7 +13,7 @@ mod common;
 
 use std::{collections::HashSet, process::Child, time::Duration};
 
-use common::{load::*, proxy::ChaosProxy, *};
+use common::{load::*, *};
 use messages_broker::store;
 use serde_json::Value;
 use tokio::time::{Instant, sleep, timeout};
@@ -156,17 +156,9 @@ async fn publishing_survives_two_connection_cuts_and_loses_no_confirmed_message(
 async fn dead_letters_arriving_through_a_database_outage_are_stored_exactly_once() {
     timeout(TEST_LIMIT, async {
         let mut env = TestEnv::new("fault_db").await;
-        let proxy = ChaosProxy::start(
-            format!("{}:{}", env.settings.database.host, env.settings.database.port)
-                .parse()
-                .unwrap(),
-        )
-        .await;
-        env.settings.database.port = proxy.addr.port();
-        env.settings.database.connect_timeout = Duration::from_secs(1);
+        let (proxy, direct) = env.behind_database_proxy().await;
         let app = env.spawn().await;
         app.wait_ready().await;
-        let direct = store::pool(&TestEnv::direct_database(&env.settings));
         let queue = env.name("orders_queue");
 
         // Dead letters arrive all along: publishes through the app, a consumer rejecting each.

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, de::DeserializeOwned};
 
-use crate::settings::RabbitMqSettings;
+// Percent-encoded names can never escape their path segment (`../`, `%00`, `/`).
+use crate::settings::{RabbitMqSettings, encode_component};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementError {
@@ -110,7 +111,7 @@ impl ManagementClient {
             base: settings.management_base(),
             user: settings.user.clone(),
             password: settings.password.expose().to_owned(),
-            vhost: encode_path_segment(&settings.vhost),
+            vhost: encode_component(&settings.vhost),
         }
     }
 
@@ -159,7 +160,7 @@ impl ManagementClient {
     }
 
     pub async fn queue(&self, name: &str) -> Result<QueueInfo, ManagementError> {
-        self.get(&format!("/api/queues/{}/{}", self.vhost, encode_path_segment(name)))
+        self.get(&format!("/api/queues/{}/{}", self.vhost, encode_component(name)))
             .await
     }
 
@@ -173,22 +174,17 @@ impl ManagementClient {
 
     /// Force-closes a connection (fault injection in tests, operator tooling).
     pub async fn close_connection(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/connections/{}", encode_path_segment(name)))
+        self.delete(&format!("/api/connections/{}", encode_component(name)))
             .await
     }
 
     pub async fn delete_queue(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/queues/{}/{}", self.vhost, encode_path_segment(name)))
+        self.delete(&format!("/api/queues/{}/{}", self.vhost, encode_component(name)))
             .await
     }
 
     pub async fn delete_exchange(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/exchanges/{}/{}", self.vhost, encode_path_segment(name)))
+        self.delete(&format!("/api/exchanges/{}/{}", self.vhost, encode_component(name)))
             .await
     }
-}
-
-/// Percent-encoded, so a name can never escape its path segment (`../`, `%00`, `/`).
-pub fn encode_path_segment(raw: &str) -> String {
-    crate::settings::encode_component(raw)
 }

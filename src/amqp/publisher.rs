@@ -24,7 +24,8 @@ use super::connection::{LinkReceiver, wait_for_link};
 pub struct OutgoingMessage {
     pub exchange: String,
     pub routing_key: String,
-    pub payload: Vec<u8>,
+    /// Cheap to clone: callers keep a handle for the audit trail while it is in flight.
+    pub payload: bytes::Bytes,
     pub message_id: String,
     /// Application headers.
     pub headers: Vec<(String, AMQPValue)>,

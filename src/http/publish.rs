@@ -308,7 +308,7 @@ async fn prepare<'a>(
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let envelope = complete_envelope(input.message, &client.name);
-    let payload = serde_json::to_vec(&envelope).expect("a JSON map serializes");
+    let payload = bytes::Bytes::from(serde_json::to_vec(&envelope).expect("a JSON map serializes"));
     if payload.len() > state.settings.app.max_body_bytes {
         return Prepared::Answered(Err(too_large(state.settings.app.max_body_bytes)));
     }

@@ -123,21 +123,17 @@ pub async fn verify(connection: &Connection, topology: &Topology) -> lapin::Resu
     };
     for exchange in &topology.exchanges {
         let exists = declarer.exchange_exists(exchange).await?;
-        declarer.record(
-            EntityKind::Exchange,
-            &exchange.name,
-            existence(exchange.name.as_str(), exists),
-        );
+        declarer.record(EntityKind::Exchange, &exchange.name, existence(exists));
     }
     for queue in &topology.queues {
         let exists = declarer.queue_exists(&queue.name).await?;
-        declarer.record(EntityKind::Queue, &queue.name, existence(queue.name.as_str(), exists));
+        declarer.record(EntityKind::Queue, &queue.name, existence(exists));
     }
     let _ = declarer.channel.close(200, "topology verified".into()).await;
     Ok(declarer.report)
 }
 
-fn existence(_name: &str, exists: bool) -> Outcome {
+fn existence(exists: bool) -> Outcome {
     if exists {
         Outcome::Exists
     } else {

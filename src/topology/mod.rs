@@ -9,4 +9,4 @@ pub mod model;
 pub mod validate;
 
 pub use model::*;
-pub use validate::{TopologyError, load, parse, validate};
+pub use validate::{TopologyError, load, parse, read, validate};

@@ -36,6 +36,11 @@ const RESERVED_PREFIX: &str = "amq.";
 
 /// Reads, parses and validates a topology file.
 pub fn load(path: &Path) -> Result<Topology, Vec<TopologyError>> {
+    validate(&read(path)?)
+}
+
+/// Reads and parses a topology file, leaving validation to the caller (who may adjust it first).
+pub fn read(path: &Path) -> Result<TopologyFile, Vec<TopologyError>> {
     let text = std::fs::read_to_string(path).map_err(|err| {
         vec![TopologyError::new(
             path.display().to_string(),
@@ -45,8 +50,7 @@ pub fn load(path: &Path) -> Result<Topology, Vec<TopologyError>> {
             ),
         )]
     })?;
-    let file = parse(&text).map_err(|err| vec![err])?;
-    validate(&file)
+    parse(&text).map_err(|err| vec![err])
 }
 
 /// `No such file or directory (os error 2)` -> `No such file or directory`: the number helps nobody.

@@ -198,7 +198,7 @@ fn republished(row: &Claimed) -> OutgoingMessage {
     OutgoingMessage {
         exchange: row.exchange.clone(),
         routing_key: row.routing_key.clone(),
-        payload,
+        payload: payload.into(),
         message_id: row.message_id.clone(),
         headers: message_headers,
     }
@@ -236,7 +236,7 @@ mod tests {
             max_retries: 3,
         };
         let message = republished(&row);
-        assert_eq!(message.payload, b"plain");
+        assert_eq!(message.payload.as_ref(), b"plain");
         let names: Vec<&str> = message.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["tenant", RETRY_COUNT_HEADER]);
         assert_eq!(message.headers[1].1, lapin::types::AMQPValue::LongLongInt(2));

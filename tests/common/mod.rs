@@ -136,6 +136,17 @@ impl TestEnv {
         Self { prefix, settings, dir }
     }
 
+    /// Puts a cuttable TCP proxy between the app and MariaDB (a database outage for this test
+    /// only); returns the proxy and a pool that goes straight to the database.
+    pub async fn behind_database_proxy(&mut self) -> (proxy::ChaosProxy, sqlx::MySqlPool) {
+        let target = format!("{}:{}", self.settings.database.host, self.settings.database.port);
+        let proxy = proxy::ChaosProxy::start(target.parse().expect("database address")).await;
+        self.settings.database.port = proxy.addr.port();
+        self.settings.database.connect_timeout = Duration::from_secs(1);
+        let direct = messages_broker::store::pool(&Self::direct_database(&self.settings));
+        (proxy, direct)
+    }
+
     /// The database settings without any proxy in between.
     pub fn direct_database(settings: &Settings) -> messages_broker::settings::DatabaseSettings {
         let mut database = settings.database.clone();

@@ -5,7 +5,7 @@
 //! together in a `FuturesUnordered`. A request in flight when its channel or connection dies gets
 //! an error (its reply sender is dropped or answered `Unavailable`), never a false success.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use lapin::{
@@ -19,12 +19,12 @@ use tracing::{info, warn};
 
 use super::connection::{LinkReceiver, wait_for_link};
 
-/// One message to publish. The payload is already the JSON body.
+/// One message to publish. The payload is already the JSON body. Passed as an `Arc`: callers
+/// keep it for the audit trail and their answer while it is in flight.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
     pub exchange: String,
     pub routing_key: String,
-    /// Cheap to clone: callers keep a handle for the audit trail while it is in flight.
     pub payload: bytes::Bytes,
     pub message_id: String,
     /// Application headers.
@@ -47,7 +47,7 @@ pub enum PublishOutcome {
 }
 
 struct Request {
-    message: OutgoingMessage,
+    message: Arc<OutgoingMessage>,
     reply: oneshot::Sender<PublishOutcome>,
 }
 
@@ -74,7 +74,7 @@ impl Publisher {
     }
 
     /// Publishes one message and waits for the broker's answer.
-    pub async fn publish(&self, message: OutgoingMessage) -> PublishOutcome {
+    pub async fn publish(&self, message: Arc<OutgoingMessage>) -> PublishOutcome {
         let (reply, answer) = oneshot::channel();
         if self.tx.send(Request { message, reply }).await.is_err() {
             return PublishOutcome::Unavailable("publisher stopped".into());
@@ -83,7 +83,7 @@ impl Publisher {
     }
 
     /// Publishes every message, in order, then awaits all the confirms together.
-    pub async fn publish_many(&self, messages: Vec<OutgoingMessage>) -> Vec<PublishOutcome> {
+    pub async fn publish_many(&self, messages: Vec<Arc<OutgoingMessage>>) -> Vec<PublishOutcome> {
         let mut answers = Vec::with_capacity(messages.len());
         for message in messages {
             let (reply, answer) = oneshot::channel();
@@ -199,15 +199,15 @@ async fn publish_on(
 /// frames on the first poll, so concurrent sends on one channel keep tags and frames in step.
 async fn publish_one(
     channel: Channel,
-    message: OutgoingMessage,
+    message: Arc<OutgoingMessage>,
     reply: oneshot::Sender<PublishOutcome>,
     confirm_timeout: Duration,
 ) -> (PublishOutcome, oneshot::Sender<PublishOutcome>) {
     let properties = properties(&message);
     let sent = channel
         .basic_publish(
-            ShortString::from(message.exchange),
-            ShortString::from(message.routing_key),
+            ShortString::from(message.exchange.as_str()),
+            ShortString::from(message.routing_key.as_str()),
             BasicPublishOptions {
                 mandatory: true,
                 immediate: false,

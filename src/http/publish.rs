@@ -53,10 +53,11 @@ pub struct PublishInput {
 }
 
 /// Checks the shape of one publish request; every problem is reported, keyed by its field path.
-pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap<String, String>> {
+pub fn parse_input(value: Value, prefix: &str) -> Result<PublishInput, BTreeMap<String, String>> {
     let mut fields = BTreeMap::new();
     let path = |name: &str| format!("{prefix}{name}");
-    let Some(object) = value.as_object() else {
+    // Taken by value: the message moves into the envelope instead of being copied.
+    let Value::Object(mut object) = value else {
         fields.insert(
             if prefix.is_empty() {
                 "body".into()
@@ -75,8 +76,8 @@ pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap
             fields.insert(path(key), "unknown field".into());
         }
     }
-    let exchange = match object.get("exchange") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+    let exchange = match object.remove("exchange") {
+        Some(Value::String(s)) if !s.is_empty() => s,
         Some(Value::String(_)) => {
             fields.insert(path("exchange"), "must not be empty".into());
             String::new()
@@ -90,8 +91,8 @@ pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap
             String::new()
         }
     };
-    let routing_key = match object.get("routing_key") {
-        Some(Value::String(s)) if s.len() <= SHORT_STRING => s.clone(),
+    let routing_key = match object.remove("routing_key") {
+        Some(Value::String(s)) if s.len() <= SHORT_STRING => s,
         Some(Value::String(_)) => {
             fields.insert(path("routing_key"), format!("must be at most {SHORT_STRING} bytes"));
             String::new()
@@ -108,9 +109,9 @@ pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap
             String::new()
         }
     };
-    let message_id = match object.get("message_id") {
+    let message_id = match object.remove("message_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= SHORT_STRING => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= SHORT_STRING => Some(s),
         Some(_) => {
             fields.insert(
                 path("message_id"),
@@ -120,7 +121,7 @@ pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap
         }
     };
     let mut headers = Vec::new();
-    match object.get("headers") {
+    match object.remove("headers") {
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
             for (name, value) in map {
@@ -135,8 +136,8 @@ pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap
                     continue;
                 }
                 match value {
-                    Value::String(_) | Value::Bool(_) => headers.push((name.clone(), value.clone())),
-                    Value::Number(n) if n.is_i64() => headers.push((name.clone(), value.clone())),
+                    Value::String(_) | Value::Bool(_) => headers.push((name, value)),
+                    Value::Number(ref n) if n.is_i64() => headers.push((name, value)),
                     _ => {
                         fields.insert(field, "must be a string, an integer or a boolean".into());
                     }
@@ -147,10 +148,10 @@ pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap
             fields.insert(path("headers"), "must be an object".into());
         }
     }
-    let message = match object.get("message") {
+    let message = match object.remove("message") {
         Some(Value::Object(message)) => {
-            check_envelope(message, &path("message."), &mut fields);
-            message.clone()
+            check_envelope(&message, &path("message."), &mut fields);
+            message
         }
         Some(_) => {
             fields.insert(path("message"), "must be an object".into());
@@ -174,7 +175,6 @@ pub fn parse_input(value: &Value, prefix: &str) -> Result<PublishInput, BTreeMap
     }
 }
 
-/// The platform envelope: `event` and `data` required, `timestamp` RFC 3339, `metadata` an object.
 fn check_envelope(message: &Map<String, Value>, prefix: &str, fields: &mut BTreeMap<String, String>) {
     match message.get("event") {
         Some(Value::String(s)) if !s.trim().is_empty() => {}
@@ -235,7 +235,7 @@ pub fn complete_envelope(mut message: Map<String, Value>, client: &str) -> Map<S
 enum Prepared<'a> {
     Answered(Result<Value, ApiError>),
     Ready {
-        message: OutgoingMessage,
+        message: Arc<OutgoingMessage>,
         ticket: Option<Ticket<'a>>,
         body: Value,
     },
@@ -245,7 +245,7 @@ async fn prepare<'a>(
     state: &AppState,
     publishing: &'a Publishing,
     client: &Client,
-    value: &Value,
+    value: Value,
     prefix: &str,
     idempotency_key: Option<&str>,
     in_batch: bool,
@@ -324,13 +324,13 @@ async fn prepare<'a>(
         "routing_key": input.routing_key,
         "status": "published",
     });
-    let message = OutgoingMessage {
+    let message = Arc::new(OutgoingMessage {
         exchange: input.exchange,
         routing_key: input.routing_key,
         payload,
         message_id,
         headers,
-    };
+    });
     Prepared::Ready { message, ticket, body }
 }
 
@@ -399,7 +399,7 @@ fn settle(
                 message_id: message.message_id.clone(),
                 exchange: message.exchange.clone(),
                 routing_key: message.routing_key.clone(),
-                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                payload: message.payload.clone(),
                 published_at: Utc::now(),
                 metadata: json!({"client": client.name}).to_string(),
             });
@@ -456,10 +456,10 @@ pub async fn publish(
     let publishing = publishing(&state)?.clone();
     let value = json_body(&headers, body, state.settings.app.max_body_bytes)?;
     let key = idempotency_key(&headers)?;
-    match prepare(&state, &publishing, &client, &value, "", key.as_deref(), false).await {
+    match prepare(&state, &publishing, &client, value, "", key.as_deref(), false).await {
         Prepared::Answered(result) => result.map(|body| (StatusCode::CREATED, Json(body))),
         Prepared::Ready { message, ticket, body } => {
-            let outcome = publishing.publisher.publish(message.clone()).await;
+            let outcome = publishing.publisher.publish(Arc::clone(&message)).await;
             state
                 .metrics
                 .publish_duration_seconds
@@ -487,9 +487,9 @@ pub async fn publish_batch(
     let started = Instant::now();
     client.require(Scope::Publish)?;
     let publishing = publishing(&state)?.clone();
-    let value = json_body(&headers, body, state.settings.publish.max_batch_body_bytes)?;
+    let mut value = json_body(&headers, body, state.settings.publish.max_batch_body_bytes)?;
     let max = state.settings.publish.max_batch_messages;
-    let items = match value.get("messages") {
+    let items = match value.get_mut("messages").map(Value::take) {
         Some(Value::Array(items)) if !items.is_empty() && items.len() <= max => items,
         Some(Value::Array(items)) => {
             let reason = if items.is_empty() {
@@ -509,10 +509,10 @@ pub async fn publish_batch(
 
     let mut slots = Vec::with_capacity(items.len());
     let mut seen_ids = std::collections::HashSet::new();
-    for (index, item) in items.iter().enumerate() {
+    for (index, item) in items.into_iter().enumerate() {
         let prefix = format!("messages[{index}].");
         if let Some(id) = item.get("message_id").and_then(Value::as_str)
-            && !seen_ids.insert(id)
+            && !seen_ids.insert(id.to_owned())
         {
             let fields = BTreeMap::from([(format!("{prefix}message_id"), "appears twice in this batch".into())]);
             slots.push(Prepared::Answered(Err(ApiError::validation(fields))));
@@ -520,10 +520,10 @@ pub async fn publish_batch(
         }
         slots.push(prepare(&state, &publishing, &client, item, &prefix, None, true).await);
     }
-    let ready: Vec<OutgoingMessage> = slots
+    let ready: Vec<Arc<OutgoingMessage>> = slots
         .iter()
         .filter_map(|slot| match slot {
-            Prepared::Ready { message, .. } => Some(message.clone()),
+            Prepared::Ready { message, .. } => Some(Arc::clone(message)),
             Prepared::Answered(_) => None,
         })
         .collect();
@@ -571,7 +571,7 @@ mod tests {
     fn a_valid_body_parses() {
         let value = json!({"exchange": "orders_exchange", "routing_key": "orders.created",
             "message": {"event": "order.created", "data": {"id": 1}}, "headers": {"tenant": "fr", "n": 2, "b": true}});
-        let input = parse_input(&value, "").unwrap();
+        let input = parse_input(value.clone(), "").unwrap();
         assert_eq!(input.exchange, "orders_exchange");
         assert_eq!(input.headers.len(), 3);
     }
@@ -580,7 +580,7 @@ mod tests {
     fn every_problem_is_listed_with_its_path() {
         let value = json!({"exchange": 3, "message": {"event": "", "data": [], "timestamp": "yesterday", "metadata": 1},
             "headers": {"x-death": "forged", "h": 1.5}, "extra": true});
-        let fields = parse_input(&value, "").unwrap_err();
+        let fields = parse_input(value.clone(), "").unwrap_err();
         let keys: Vec<&str> = fields.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -596,9 +596,9 @@ mod tests {
                 "routing_key"
             ]
         );
-        assert_eq!(parse_input(&json!([1]), "").unwrap_err().keys().next().unwrap(), "body");
+        assert_eq!(parse_input(json!([1]), "").unwrap_err().keys().next().unwrap(), "body");
         assert!(
-            parse_input(&json!({"exchange": "e", "routing_key": "r"}), "")
+            parse_input(json!({"exchange": "e", "routing_key": "r"}), "")
                 .unwrap_err()
                 .contains_key("message")
         );

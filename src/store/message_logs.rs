@@ -10,8 +10,8 @@ pub struct NewMessageLog {
     pub message_id: String,
     pub exchange: String,
     pub routing_key: String,
-    /// The published JSON body, as sent.
-    pub payload: String,
+    /// The published JSON body, as sent (shared with the publisher: not copied).
+    pub payload: bytes::Bytes,
     pub published_at: DateTime<Utc>,
     /// JSON object: publishing client, headers.
     pub metadata: String,
@@ -30,7 +30,8 @@ pub async fn insert_batch(pool: &MySqlPool, rows: &[NewMessageLog]) -> Result<u6
         row.push_bind(&log.message_id)
             .push_bind(&log.exchange)
             .push_bind(&log.routing_key)
-            .push_bind(&log.payload)
+            // Our own serialized JSON, hence UTF-8; the column's JSON check would refuse anything else.
+            .push_bind(std::str::from_utf8(&log.payload).unwrap_or_default())
             .push_bind("published")
             .push_bind(log.published_at.naive_utc())
             .push_bind(&log.metadata);

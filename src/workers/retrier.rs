@@ -91,7 +91,7 @@ impl Retrier {
         if claimed.is_empty() {
             return Ok(report);
         }
-        let messages = claimed.iter().map(republished).collect();
+        let messages = claimed.iter().map(|row| Arc::new(republished(row))).collect();
         let outcomes = self.publisher.publish_many(messages).await;
         let backoff = self.settings.backoff();
         for (row, outcome) in claimed.iter().zip(outcomes) {

@@ -6,13 +6,16 @@
 //! keeping that queue empty for the whole run:
 //!
 //! - (a) the broker's ceiling: persistent, mandatory, confirmed publishes straight over AMQP, one
-//!   connection, one channel, a window of 256 publishes in flight;
+//!   connection, one channel, a window of 256 publishes in flight, the same properties as the
+//!   service's messages;
+//! - (a32) the same with a window of 32: the most (b) can ever have in flight, so its ceiling;
 //! - (b) `POST /api/messages/publish` of the service, 32 connections each sending one request at a
 //!   time;
 //! - (c) `POST /api/messages/publish/batch`, 4 connections, 250 messages per request;
 //! - (d) RabbitMQ's management API publish endpoint (the REST publish users have without the
 //!   service), 32 connections.
 //!
+//! Scenarios run in interleaved rounds (3 by default; the printout gives the median and the range).
 //! Each scenario runs a warm-up (1 s, not counted), then a measured window (10 s). A request or a
 //! publish counts when it completes inside the window; msg/s counts successful messages only and the
 //! latency percentiles are those of the successful requests. The service's resident memory is
@@ -93,6 +96,10 @@ struct PublishArgs {
     /// Measured seconds per scenario.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Rounds of every scenario, interleaved; the printout gives medians and ranges (runs on a
+    /// shared 2-core machine vary by 20% from one to the next).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Warm-up seconds before each measured window (not counted).
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -117,8 +124,8 @@ struct PublishArgs {
     /// Pid of the database server (the service writes its audit trail there): CPU use per scenario.
     #[arg(long)]
     db_pid: Option<u32>,
-    /// Scenarios to run, among a,b,c,d.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    /// Scenarios to run, among a,a32,b,c,d.
+    #[arg(long, value_delimiter = ',', default_value = "a,a32,b,c,d")]
     scenarios: Vec<String>,
 }
 
@@ -284,10 +291,6 @@ impl Summary {
     fn rate(&self) -> f64 {
         self.ok as f64 / self.secs
     }
-
-    fn error_count(&self) -> u64 {
-        self.errors.values().sum()
-    }
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -408,16 +411,16 @@ fn payloads() -> Payloads {
 
 async fn publish(args: PublishArgs) -> Result<()> {
     for scenario in &args.scenarios {
-        if !["a", "b", "c", "d"].contains(&scenario.as_str()) {
-            bail!("unknown scenario `{scenario}` (choose among a,b,c,d)");
+        if !["a", "a32", "b", "c", "d"].contains(&scenario.as_str()) {
+            bail!("unknown scenario `{scenario}` (choose among a,a32,b,c,d)");
         }
     }
     let wants = |s: &str| args.scenarios.iter().any(|x| x == s);
     if (wants("b") || wants("c")) && args.token.is_none() {
         bail!("scenarios b and c need --token (or BENCH_TOKEN)");
     }
-    if args.duration <= 0.0 || args.warmup < 0.0 {
-        bail!("--duration must be > 0 and --warmup >= 0");
+    if args.duration <= 0.0 || args.warmup < 0.0 || args.rounds == 0 {
+        bail!("--duration must be > 0, --warmup >= 0 and --rounds >= 1");
     }
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
@@ -487,45 +490,33 @@ async fn publish(args: PublishArgs) -> Result<()> {
 
     let token = args.token.clone().unwrap_or_default();
     let base = args.url.trim_end_matches('/');
-    let mut results: BTreeMap<&'static str, Summary> = BTreeMap::new();
-
-    if wants("a") {
-        let label = format!("(a) AMQP confirmed, window {}", args.window);
-        eprintln!("bench: running {label}");
-        let window = Window::after_warmup(warmup, duration);
-        let cpu = spawn_cpu_probe(window, watched.clone());
-        let tally = amqp_ceiling(&publish_conn, &args, &payloads.envelope, window).await?;
-        results.insert("a", Summary::new(label, &window, tally, cpu.await?));
-        settle(&publish_conn, &args.queue).await;
-    }
-
-    let http_scenarios: [(&'static str, String, usize, Job); 3] = [
+    let http_scenarios: [(&'static str, String, usize, Arc<Job>); 3] = [
         (
             "b",
             format!("(b) POST publish, {} conns", args.connections),
             args.connections,
-            Job::Publish {
+            Arc::new(Job::Publish {
                 url: format!("{base}/api/messages/publish"),
                 token: token.clone(),
                 body: single_body,
-            },
+            }),
         ),
         (
             "c",
             format!("(c) POST publish/batch ({})", args.batch_size),
             args.batch_connections,
-            Job::Batch {
+            Arc::new(Job::Batch {
                 url: format!("{base}/api/messages/publish/batch"),
                 token,
                 body: batch_body,
                 size: args.batch_size as u64,
-            },
+            }),
         ),
         (
             "d",
             format!("(d) RabbitMQ mgmt API, {} conns", args.connections),
             args.connections,
-            Job::Management {
+            Arc::new(Job::Management {
                 url: format!(
                     "{}/api/exchanges/{}/{}/publish",
                     args.management.trim_end_matches('/'),
@@ -535,27 +526,47 @@ async fn publish(args: PublishArgs) -> Result<()> {
                 user: args.management_user.clone(),
                 password: args.management_password.clone(),
                 body: management_body,
-            },
+            }),
         ),
     ];
-    for (key, label, connections, job) in http_scenarios {
-        if !wants(key) {
-            continue;
+
+    // Rounds interleave the scenarios so that a slow spell of the machine hits all of them.
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for round in 1..=args.rounds {
+        let mut results: BTreeMap<&'static str, Summary> = BTreeMap::new();
+        // (a32): the same publishes with (b)'s concurrency; (b) can never have more in flight.
+        for (key, in_flight) in [("a", args.window), ("a32", args.connections)] {
+            if !wants(key) {
+                continue;
+            }
+            let label = format!("({key}) AMQP confirmed, window {in_flight}");
+            eprintln!("bench: round {round}/{}: running {label}", args.rounds);
+            let window = Window::after_warmup(warmup, duration);
+            let cpu = spawn_cpu_probe(window, watched.clone());
+            let tally = amqp_ceiling(&publish_conn, &args, in_flight, &payloads.envelope, window).await?;
+            results.insert(key, Summary::new(label, &window, tally, cpu.await?));
+            settle(&publish_conn, &args.queue).await;
         }
-        eprintln!("bench: running {label}");
-        let sample_rss = key != "d";
-        let sampler = args.pid.filter(|_| sample_rss).map(RssSampler::start);
-        let window = Window::after_warmup(warmup, duration);
-        let cpu = spawn_cpu_probe(window, watched.clone());
-        let tally = http_load(Arc::new(job), connections, window).await;
-        let mut summary = Summary::new(label, &window, tally, cpu.await?);
-        summary.service_peak_rss_kib = sampler.and_then(RssSampler::finish);
-        results.insert(key, summary);
-        settle(&publish_conn, &args.queue).await;
+        for (key, label, connections, job) in &http_scenarios {
+            if !wants(key) {
+                continue;
+            }
+            eprintln!("bench: round {round}/{}: running {label}", args.rounds);
+            let sample_rss = *key != "d";
+            let sampler = args.pid.filter(|_| sample_rss).map(RssSampler::start);
+            let window = Window::after_warmup(warmup, duration);
+            let cpu = spawn_cpu_probe(window, watched.clone());
+            let tally = http_load(job.clone(), *connections, window).await;
+            let mut summary = Summary::new(label.clone(), &window, tally, cpu.await?);
+            summary.service_peak_rss_kib = sampler.and_then(RssSampler::finish);
+            results.insert(key, summary);
+            settle(&publish_conn, &args.queue).await;
+        }
+        rounds.push(results);
     }
 
     let hwm = args.pid.and_then(|pid| status_kib(pid, "VmHWM"));
-    report(&results, hwm, args.window, drained.load(Ordering::Relaxed));
+    report(&rounds, hwm, args.window, drained.load(Ordering::Relaxed));
 
     let _ = publish_conn.close(200, "bench done".into()).await;
     let _ = drain_conn.close(200, "bench done".into()).await;
@@ -684,13 +695,19 @@ async fn settle(conn: &Connection, queue: &str) {
 }
 
 /// (a): one channel in confirm mode, `window` publishes in flight, each timed publish -> confirm.
-async fn amqp_ceiling(conn: &Connection, args: &PublishArgs, payload: &[u8], window: Window) -> Result<Tally> {
+async fn amqp_ceiling(
+    conn: &Connection,
+    args: &PublishArgs,
+    in_flight_max: usize,
+    payload: &[u8],
+    window: Window,
+) -> Result<Tally> {
     let channel = conn.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut tally = Tally::default();
     let mut in_flight = FuturesUnordered::new();
     loop {
-        while in_flight.len() < args.window && Instant::now() < window.end && channel.status().connected() {
+        while in_flight.len() < in_flight_max && Instant::now() < window.end && channel.status().connected() {
             in_flight.push(publish_confirmed(&channel, &args.exchange, &args.routing_key, payload));
         }
         let Some((started, done, attempt)) = in_flight.next().await else {
@@ -714,12 +731,18 @@ async fn publish_confirmed(
     payload: &[u8],
 ) -> (Instant, Instant, Attempt) {
     let started = Instant::now();
-    // About the properties the service sets (its message_id differs per message; the size is what counts).
+    // The properties the service sets (its message_id differs per message; the size is what
+    // counts): headers and timestamp cost the broker ~10% per message, so (a) carries them too.
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id("3f2b8c1e-6a7d-4e59-9b1a-0c4d2e8f7a61".into())
-        .with_app_id("messages-broker".into());
+        .with_app_id("messages-broker".into())
+        .with_timestamp(1_700_000_000)
+        .with_headers(FieldTable::from(std::collections::BTreeMap::from([(
+            "published-by".into(),
+            lapin::types::AMQPValue::LongString("bench".into()),
+        )])));
     let options = BasicPublishOptions {
         mandatory: true,
         ..Default::default()
@@ -901,24 +924,63 @@ fn goal(met: bool) -> &'static str {
     if met { "" } else { "  MISSED" }
 }
 
-fn report(results: &BTreeMap<&'static str, Summary>, service_hwm_kib: Option<u64>, window: usize, drained: u64) {
+/// The middle one of `values` (the upper middle of an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+fn range(values: &[f64], digits: usize) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.digits$}-{max:.digits$}")
+}
+
+fn report(rounds: &[BTreeMap<&'static str, Summary>], service_hwm_kib: Option<u64>, window: usize, drained: u64) {
+    let keys: std::collections::BTreeSet<&'static str> = rounds.iter().flat_map(|r| r.keys().copied()).collect();
+    let runs = |key: &str| -> Vec<&Summary> { rounds.iter().filter_map(|r| r.get(key)).collect() };
+    // Each scenario is shown by its median round (by msg/s): its latencies and CPU figures.
+    let typical: BTreeMap<&'static str, &Summary> = keys
+        .iter()
+        .map(|&key| {
+            let mut all = runs(key);
+            all.sort_by(|x, y| x.rate().total_cmp(&y.rate()));
+            (key, all[all.len() / 2])
+        })
+        .collect();
+    let all_errors = |key: &str| -> BTreeMap<String, u64> {
+        let mut errors = BTreeMap::new();
+        for summary in runs(key) {
+            for (kind, n) in &summary.errors {
+                *errors.entry(kind.clone()).or_default() += n;
+            }
+        }
+        errors
+    };
+
     println!();
     println!(
-        "{:<32} {:>9} {:>8} {:>8} {:>8}",
-        "scenario", "msg/s", "p50 ms", "p99 ms", "errors"
+        "{:<32} {:>9} {:>13} {:>8} {:>8} {:>8}",
+        "scenario", "msg/s", "range", "p50 ms", "p99 ms", "errors"
     );
-    for summary in results.values() {
+    for (key, summary) in &typical {
+        let rates: Vec<f64> = runs(key).iter().map(|s| s.rate()).collect();
         println!(
-            "{:<32} {:>9.0} {:>8} {:>8} {:>8}",
+            "{:<32} {:>9.0} {:>13} {:>8} {:>8} {:>8}",
             summary.label,
             summary.rate(),
+            range(&rates, 0),
             fmt_ms(summary.p50_ms),
             fmt_ms(summary.p99_ms),
-            summary.error_count()
+            all_errors(key).values().sum::<u64>()
         );
     }
+    println!(
+        "  (median of {} interleaved rounds; p50/p99 and CPU below are those of the median round)",
+        rounds.len()
+    );
     println!();
-    for (key, summary) in results {
+    for (key, summary) in &typical {
         let cpu: Vec<String> = summary
             .cpu
             .iter()
@@ -927,57 +989,78 @@ fn report(results: &BTreeMap<&'static str, Summary>, service_hwm_kib: Option<u64
                 None => format!("{name} ?"),
             })
             .collect();
+        // CPU time per message separates the service's own cost from what it shares the machine with.
+        let per_message: Vec<String> = summary
+            .cpu
+            .iter()
+            .filter_map(|(name, cores)| {
+                let cores = (*cores)?;
+                (cores > 0.005 && summary.ok > 0)
+                    .then(|| format!("{name} {:.0}", cores * summary.secs * 1e6 / summary.ok as f64))
+            })
+            .collect();
         println!(
-            "  ({key}) {} messages, {} requests in {:.1} s; CPU cores: {}",
+            "  ({key}) {} messages, {} requests in {:.1} s; CPU cores: {}; CPU us/msg: {}",
             summary.ok,
             summary.requests,
             summary.secs,
-            cpu.join(", ")
+            cpu.join(", "),
+            per_message.join(", ")
         );
-        for (kind, n) in summary.errors.iter().take(8) {
-            println!("      error {kind}: {n}");
+        let errors = all_errors(key);
+        for (kind, n) in errors.iter().take(8) {
+            println!("      error {kind}: {n} (all rounds)");
         }
-        if summary.errors.len() > 8 {
-            println!("      ... {} more kinds of error", summary.errors.len() - 8);
+        if errors.len() > 8 {
+            println!("      ... {} more kinds of error", errors.len() - 8);
         }
-        if summary.warmup_errors > 0 {
-            println!("      (and {} errors during the warm-up)", summary.warmup_errors);
+        let warmup_errors: u64 = runs(key).iter().map(|s| s.warmup_errors).sum();
+        if warmup_errors > 0 {
+            println!("      (and {warmup_errors} errors during the warm-ups)");
         }
-        if summary.errors.keys().any(|kind| kind.starts_with("404")) && key != &"d" {
+        if errors.keys().any(|kind| kind.starts_with("404")) && *key != "d" {
             println!("      404: the endpoint is not there (not landed yet, or a wrong --url)");
         }
     }
     println!("  drain consumer received {drained} messages");
     println!();
 
-    let rate = |key: &str| results.get(key).map(Summary::rate);
-    let ratio = |num: &str, den: &str| match (rate(num), rate(den)) {
-        (Some(n), Some(d)) if d > 0.0 => Some(n / d),
-        _ => None,
+    // Ratios are taken within each round (same conditions), then the median.
+    let ratios = |num: &str, den: &str| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|r| match (r.get(num), r.get(den)) {
+                (Some(n), Some(d)) if d.rate() > 0.0 => Some(n.rate() / d.rate()),
+                _ => None,
+            })
+            .collect()
     };
     let mut line = Vec::new();
-    if let Some(r) = ratio("b", "a") {
-        line.push(format!("(b)/(a) = {r:.2} (goal >= 0.70){}", goal(r >= 0.70)));
-    }
-    if let Some(r) = ratio("c", "a") {
-        line.push(format!("(c)/(a) = {r:.2} (goal >= 0.90){}", goal(r >= 0.90)));
-    }
-    if let Some(r) = ratio("b", "d") {
-        line.push(format!("(b)/(d) = {r:.1}"));
+    for (num, den, target) in [("b", "a", Some(0.70)), ("b", "a32", None), ("c", "a", Some(0.90)), ("b", "d", None)] {
+        let values = ratios(num, den);
+        let Some(r) = median(values.clone()) else { continue };
+        let spread = range(&values, 2);
+        line.push(match target {
+            Some(t) => format!("({num})/({den}) = {r:.2} [{spread}] (goal >= {t:.2}){}", goal(r >= t)),
+            None => format!("({num})/({den}) = {r:.2} [{spread}]"),
+        });
     }
     if !line.is_empty() {
-        println!("ratios: {}", line.join("   "));
+        println!("ratios (median [range]): {}", line.join("   "));
     }
 
     let mut line = Vec::new();
-    let peak = results.values().filter_map(|s| s.service_peak_rss_kib).max();
-    if let Some(peak) = peak {
+    let peaks: Vec<(&str, u64)> = rounds
+        .iter()
+        .flat_map(|r| r.iter().filter_map(|(k, s)| s.service_peak_rss_kib.map(|p| (*k, p))))
+        .collect();
+    if let Some(peak) = peaks.iter().map(|(_, p)| *p).max() {
         let mib = peak as f64 / 1024.0;
-        let per: Vec<String> = results
+        let per: Vec<String> = keys
             .iter()
-            .filter_map(|(k, s)| {
-                s.service_peak_rss_kib
-                    .map(|p| format!("({k}) {:.1}", p as f64 / 1024.0))
+            .filter_map(|k| {
+                let max = peaks.iter().filter(|(key, _)| key == k).map(|(_, p)| *p).max()?;
+                Some(format!("({k}) {:.1}", max as f64 / 1024.0))
             })
             .collect();
         line.push(format!(
@@ -989,25 +1072,31 @@ fn report(results: &BTreeMap<&'static str, Summary>, service_hwm_kib: Option<u64
     if let Some(hwm) = service_hwm_kib {
         line.push(format!("VmHWM {:.1} MiB", hwm as f64 / 1024.0));
     }
-    if let Some(b) = results.get("b") {
-        match b.p99_ms {
-            Some(p99) => line.push(format!("p99 (b): {p99:.2} ms (goal <= 25 ms){}", goal(p99 <= 25.0))),
-            None => line.push("p99 (b): - (no successful request) MISSED".into()),
+    // The goal holds for every round: the worst p99 counts.
+    let p99s: Vec<f64> = runs("b").iter().filter_map(|s| s.p99_ms).collect();
+    if !runs("b").is_empty() {
+        match p99s.iter().copied().reduce(f64::max) {
+            Some(p99) if p99s.len() == runs("b").len() => {
+                line.push(format!("worst p99 (b): {p99:.2} ms (goal <= 25 ms){}", goal(p99 <= 25.0)))
+            }
+            _ => line.push("p99 (b): - (a round without any successful request) MISSED".into()),
         }
     }
     if !line.is_empty() {
         println!("{}", line.join("   "));
     }
-    let service_errors: Option<u64> = ["b", "c"]
-        .iter()
-        .filter_map(|k| results.get(k).map(Summary::error_count))
-        .reduce(|a, b| a + b);
-    if let Some(errors) = service_errors {
-        println!("errors (b)+(c): {errors} (goal 0){}", goal(errors == 0));
+    if keys.contains("b") || keys.contains("c") {
+        let errors: u64 = ["b", "c"].iter().map(|k| all_errors(k).values().sum::<u64>()).sum();
+        println!("errors (b)+(c), all rounds: {errors} (goal 0){}", goal(errors == 0));
     }
-    if results.contains_key("a") {
+    if keys.contains("a") {
         println!(
-            "(a) is the reference: one AMQP connection and channel, {window} confirms in flight, same payload and queue"
+            "(a) is the reference: one AMQP connection and channel, {window} confirms in flight, same payload, properties and queue"
+        );
+    }
+    if keys.contains("a32") {
+        println!(
+            "(a32) is (a) with (b)'s concurrency: 32 connections waiting for their answer never have more than 32 messages in flight"
         );
     }
 }

@@ -7,16 +7,20 @@
 #   scripts/bench.sh publish         only the named sections
 #
 # Sections (one function `section_<name>` each; add new ones to SECTIONS):
-#   publish   (a) AMQP confirmed publishes, window 256 (the broker's ceiling), (b) POST
-#             /api/messages/publish at 32 connections, (c) POST /api/messages/publish/batch,
-#             (d) RabbitMQ's management API publish at 32 connections; msg/s, p50/p99, errors,
-#             the service's peak RSS and the ratios to (a) and (d).
+#   publish   (a) AMQP confirmed publishes, window 256 (the broker's ceiling), (a32) the same
+#             with window 32 ((b)'s concurrency), (b) POST /api/messages/publish at 32
+#             connections, (c) POST /api/messages/publish/batch, (d) RabbitMQ's management API
+#             publish at 32 connections; BENCH_ROUNDS interleaved rounds, medians and ranges of
+#             msg/s, p50/p99, errors, CPU per message of each process, the service's peak RSS
+#             and the ratios. The audit table of the bench database is emptied first: a table
+#             grown by earlier runs past the InnoDB buffer pool slows every insert.
 #   stats     CPU of one stats poll (workers::stats::poll_once, examples/stats_bench.rs) with 200
 #             extra queues on the vhost, averaged over 50 polls; goal < 50 ms. The broker's CPU
 #             per poll (it renders the management API's JSON) is printed next to it.
 #
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
+#   BENCH_ROUNDS      rounds of every publish scenario (default 3)
 #   BENCH_PORT        HTTP port of the service under test (default 18011)
 #   BENCH_ROLES       roles of the service under test (default: all, as deployed by default)
 #   BENCH_THREADS     worker threads of the load generator (default 2)
@@ -30,6 +34,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/messages-broker/target
 SECTIONS=(publish stats)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
+BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 BENCH_PORT="${BENCH_PORT:-18011}"
 BENCH_ROLES="${BENCH_ROLES:-}"
 BENCH_THREADS="${BENCH_THREADS:-2}"
@@ -214,6 +219,8 @@ print_context() {
 section_publish() {
     echo
     echo "## publish"
+    mariadb -h127.0.0.1 -umessages_broker_user -pmessages_broker_password \
+        -e "TRUNCATE TABLE ${BENCH_DB}.message_logs" || die "cannot empty ${BENCH_DB}.message_logs"
     local broker db extra=()
     broker="$(broker_pid)"
     db="$(db_pid)"
@@ -229,6 +236,7 @@ section_publish() {
         --routing-key bench.tick \
         --queue "${BENCH_QUEUE}" \
         --duration "${BENCH_DURATION}" \
+        --rounds "${BENCH_ROUNDS}" \
         --pid "${SERVICE_PID}" \
         "${extra[@]}"
 }

@@ -924,10 +924,15 @@ fn goal(met: bool) -> &'static str {
     if met { "" } else { "  MISSED" }
 }
 
-/// The middle one of `values` (the upper middle of an even count).
+/// The median of `values` (the mean of the two middle ones for an even count).
 fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
 }
 
 fn range(values: &[f64], digits: usize) -> String {
@@ -939,13 +944,14 @@ fn range(values: &[f64], digits: usize) -> String {
 fn report(rounds: &[BTreeMap<&'static str, Summary>], service_hwm_kib: Option<u64>, window: usize, drained: u64) {
     let keys: std::collections::BTreeSet<&'static str> = rounds.iter().flat_map(|r| r.keys().copied()).collect();
     let runs = |key: &str| -> Vec<&Summary> { rounds.iter().filter_map(|r| r.get(key)).collect() };
-    // Each scenario is shown by its median round (by msg/s): its latencies and CPU figures.
+    // Each scenario is shown by its median round (by msg/s; the lower one of an even count):
+    // that round's latencies and CPU figures.
     let typical: BTreeMap<&'static str, &Summary> = keys
         .iter()
         .map(|&key| {
             let mut all = runs(key);
             all.sort_by(|x, y| x.rate().total_cmp(&y.rate()));
-            (key, all[all.len() / 2])
+            (key, all[(all.len() - 1) / 2])
         })
         .collect();
     let all_errors = |key: &str| -> BTreeMap<String, u64> {
@@ -968,7 +974,7 @@ fn report(rounds: &[BTreeMap<&'static str, Summary>], service_hwm_kib: Option<u6
         println!(
             "{:<32} {:>9.0} {:>13} {:>8} {:>8} {:>8}",
             summary.label,
-            summary.rate(),
+            median(rates.clone()).unwrap_or_default(),
             range(&rates, 0),
             fmt_ms(summary.p50_ms),
             fmt_ms(summary.p99_ms),

@@ -46,9 +46,10 @@ pub enum PublishOutcome {
     TimedOut,
 }
 
+/// One request: its messages go out in order and are answered together.
 struct Request {
-    message: Arc<OutgoingMessage>,
-    reply: oneshot::Sender<PublishOutcome>,
+    messages: Vec<Arc<OutgoingMessage>>,
+    reply: Reply,
 }
 
 /// Cheap to clone; every clone feeds the same worker.
@@ -75,41 +76,26 @@ impl Publisher {
 
     /// Publishes one message and waits for the broker's answer.
     pub async fn publish(&self, message: Arc<OutgoingMessage>) -> PublishOutcome {
-        let (reply, answer) = oneshot::channel();
-        if self.tx.send(Request { message, reply }).await.is_err() {
-            return PublishOutcome::Unavailable("publisher stopped".into());
-        }
-        self.wait(answer).await
+        let mut outcomes = self.publish_many(vec![message]).await;
+        outcomes.pop().unwrap_or(PublishOutcome::Unavailable("no outcome".into()))
     }
 
-    /// Publishes every message, in order, then awaits all the confirms together.
+    /// Publishes every message, in order, and awaits all the confirms together: one request to
+    /// the worker and one answer back, however many messages.
     pub async fn publish_many(&self, messages: Vec<Arc<OutgoingMessage>>) -> Vec<PublishOutcome> {
-        let mut answers = Vec::with_capacity(messages.len());
-        for message in messages {
-            let (reply, answer) = oneshot::channel();
-            if self.tx.send(Request { message, reply }).await.is_err() {
-                drop(answer);
-                answers.push(None);
-            } else {
-                answers.push(Some(answer));
-            }
+        let count = messages.len();
+        let every = |outcome: PublishOutcome| vec![outcome; count];
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Request { messages, reply }).await.is_err() {
+            return every(PublishOutcome::Unavailable("publisher stopped".into()));
         }
-        let mut outcomes = Vec::with_capacity(answers.len());
-        for answer in answers {
-            outcomes.push(match answer {
-                Some(answer) => self.wait(answer).await,
-                None => PublishOutcome::Unavailable("publisher stopped".into()),
-            });
-        }
-        outcomes
-    }
-
-    async fn wait(&self, answer: oneshot::Receiver<PublishOutcome>) -> PublishOutcome {
-        // The worker bounds each confirm; this outer bound also covers time spent queued.
+        // The worker bounds the confirms; this outer bound also covers time spent queued.
         match tokio::time::timeout(self.confirm_timeout * 2, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => PublishOutcome::Unavailable("connection lost with the message in flight".into()),
-            Err(_) => PublishOutcome::TimedOut,
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(_)) => every(PublishOutcome::Unavailable(
+                "connection lost with the message in flight".into(),
+            )),
+            Err(_) => every(PublishOutcome::TimedOut),
         }
     }
 }
@@ -126,7 +112,8 @@ async fn run(
             _ = cancel.cancelled() => return,
             link = wait_for_link(&mut link, &cancel) => link,
             Some(request) = rx.recv(), if link.borrow().is_none() => {
-                let _ = request.reply.send(PublishOutcome::Unavailable("not connected to RabbitMQ".into()));
+                let unavailable = PublishOutcome::Unavailable("not connected to RabbitMQ".into());
+                let _ = request.reply.send(vec![unavailable; request.messages.len()]);
                 continue;
             }
         };
@@ -169,9 +156,8 @@ async fn publish_on(
         tokio::select! {
             // Settle confirms first: it keeps the in-flight set (and its memory) small.
             biased;
-            Some((outcome, reply)) = in_flight.next() => {
-                let channel_lost = matches!(outcome, PublishOutcome::Unavailable(_)) && !channel.status().connected();
-                let _: Result<(), PublishOutcome> = oneshot::Sender::send(reply, outcome);
+            Some((outcomes, reply)) = in_flight.next() => {
+                let channel_lost = answer(reply, outcomes) && !channel.status().connected();
                 if channel_lost {
                     // The rest in flight on this channel are dropped: their callers get an error.
                     warn!("Publishing channel closed; reopening.");
@@ -180,30 +166,71 @@ async fn publish_on(
             }
             _ = cancel.cancelled() => {
                 // In-flight confirms finish (each bounded by the confirm timeout); no new work.
-                while let Some((outcome, reply)) = in_flight.next().await {
-                    let _ = oneshot::Sender::send(reply, outcome);
+                while let Some((outcomes, reply)) = in_flight.next().await {
+                    answer(reply, outcomes);
                 }
                 return true;
             }
             _ = link.changed() => return false,
             request = rx.recv() => {
-                let Some(Request { message, reply }) = request else { return true };
+                let Some(Request { messages, reply }) = request else { return true };
                 // Sending is also in flight: waiting for each frame write would serialize requests.
-                in_flight.push(publish_one(channel.clone(), message, reply, confirm_timeout));
+                in_flight.push(publish_all(channel.clone(), messages, reply, confirm_timeout));
             }
         }
     }
 }
 
+type Reply = oneshot::Sender<Vec<PublishOutcome>>;
+
+/// Sends the outcomes to the caller (gone callers are fine); `true` when one says the channel
+/// or connection failed under it.
+fn answer(reply: Reply, outcomes: Vec<PublishOutcome>) -> bool {
+    let failed = outcomes.iter().any(|o| matches!(o, PublishOutcome::Unavailable(_)));
+    let _ = reply.send(outcomes);
+    failed
+}
+
+/// Sends the messages in order and waits for their confirms, all within one deadline (one timer
+/// per request, not per message); a message not confirmed by then is `TimedOut`.
+async fn publish_all(
+    channel: Channel,
+    messages: Vec<Arc<OutgoingMessage>>,
+    reply: Reply,
+    confirm_timeout: Duration,
+) -> (Vec<PublishOutcome>, Reply) {
+    let mut outcomes = vec![None; messages.len()];
+    // First polled in push order: lapin assigns delivery tags and queues frames in batch order.
+    let mut pending: FuturesUnordered<_> = messages
+        .iter()
+        .enumerate()
+        .map(|(index, message)| {
+            let channel = &channel;
+            async move { (index, publish_one(channel, message).await) }
+        })
+        .collect();
+    let deadline = tokio::time::sleep(confirm_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = pending.next() => match next {
+                Some((index, outcome)) => outcomes[index] = Some(outcome),
+                None => break,
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    drop(pending);
+    let outcomes = outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or(PublishOutcome::TimedOut))
+        .collect();
+    (outcomes, reply)
+}
+
 /// Sends one message and waits for its confirm. lapin assigns the delivery tag and queues the
 /// frames on the first poll, so concurrent sends on one channel keep tags and frames in step.
-async fn publish_one(
-    channel: Channel,
-    message: Arc<OutgoingMessage>,
-    reply: oneshot::Sender<PublishOutcome>,
-    confirm_timeout: Duration,
-) -> (PublishOutcome, oneshot::Sender<PublishOutcome>) {
-    let properties = properties(&message);
+async fn publish_one(channel: &Channel, message: &OutgoingMessage) -> PublishOutcome {
     let sent = channel
         .basic_publish(
             ShortString::from(message.exchange.as_str()),
@@ -213,18 +240,16 @@ async fn publish_one(
                 immediate: false,
             },
             &message.payload,
-            properties,
+            properties(message),
         )
         .await;
-    let outcome = match sent {
+    match sent {
         Err(err) => PublishOutcome::Unavailable(err.to_string()),
-        Ok(confirm) => match tokio::time::timeout(confirm_timeout, confirm).await {
-            Ok(Ok(confirmation)) => outcome_of(confirmation),
-            Ok(Err(err)) => PublishOutcome::Unavailable(err.to_string()),
-            Err(_) => PublishOutcome::TimedOut,
+        Ok(confirm) => match confirm.await {
+            Ok(confirmation) => outcome_of(confirmation),
+            Err(err) => PublishOutcome::Unavailable(err.to_string()),
         },
-    };
-    (outcome, reply)
+    }
 }
 
 fn outcome_of(confirmation: Confirmation) -> PublishOutcome {

@@ -17,6 +17,8 @@ use crate::{
 
 /// Rows per INSERT.
 const BATCH: usize = 500;
+/// How long a batch that is not full waits for more rows.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// The publishing side: never blocks.
 #[derive(Clone)]
@@ -62,6 +64,15 @@ pub async fn run(
         };
         if received == 0 {
             return;
+        }
+        if batch.len() < BATCH {
+            // A short wait turns a trickle into fewer, larger inserts: the database's cost is
+            // mostly per statement (single publishes at 10k msg/s: 26 -> 15 us of its CPU per row).
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < BATCH {
+                let Ok(row) = rx.try_recv() else { break };
+                batch.push(row);
+            }
         }
         // Hold the batch until it is written: retried with backoff while the database is down.
         while let Err(err) = write(&pool, &mut batch, &metrics).await {

@@ -5,6 +5,9 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
 use messages_broker::{
     amqp::{connection, management::ManagementClient},

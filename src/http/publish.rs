@@ -573,7 +573,10 @@ pub async fn publish_batch(
             }
         })
         .collect();
-    Ok(Json(json!({ "results": results })))
+    // Built as a Value directly: `json!` would serialize (deep-copy) the results first.
+    let mut body = Map::new();
+    body.insert("results".into(), Value::Array(results));
+    Ok(Json(Value::Object(body)))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::{
         management::ManagementClient,
     },
     backoff::Backoff,
-    http::{self, AppState, auth::Clients, idempotency::IdempotencyCache, publish::Publishing, rate_limit::RateLimits},
+    http::{self, AppContext, AppState, auth::Clients, idempotency::IdempotencyCache, publish::Publishing, rate_limit::RateLimits},
     metrics::Metrics,
     settings::Settings,
     store,
@@ -240,7 +240,7 @@ impl App {
             })
         });
 
-        let state = AppState {
+        let state = Arc::new(AppContext {
             clients: Arc::new(Clients::from_settings(&settings.auth.clients)),
             settings: settings.clone(),
             topology,
@@ -253,7 +253,7 @@ impl App {
             retrier,
             stats: stats_rx,
             management,
-        };
+        });
         let bind = format!("{}:{}", settings.app.host, settings.app.port);
         let listener = tokio::net::TcpListener::bind(&bind)
             .await

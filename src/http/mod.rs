@@ -32,10 +32,13 @@ use crate::{
     workers::{Role, applier::TopologyState},
 };
 
-/// What handlers read. Everything is shared or a cheap `watch` receiver: handlers never call the
-/// broker for state, they read what the workers published.
-#[derive(Clone)]
-pub struct AppState {
+/// What handlers read, behind one `Arc`: axum clones the state for every extractor of every
+/// request, and one reference count is cheaper than a dozen (and the management client's strings).
+pub type AppState = Arc<AppContext>;
+
+/// Everything is shared or a `watch` receiver: handlers never call the broker for state, they
+/// read what the workers published.
+pub struct AppContext {
     pub settings: Arc<Settings>,
     pub topology: Arc<Topology>,
     pub metrics: Arc<Metrics>,

@@ -5,6 +5,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+// glibc's malloc spent ~25% of the service's CPU under publish load (consolidating free lists).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

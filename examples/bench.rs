@@ -1042,7 +1042,12 @@ fn report(rounds: &[BTreeMap<&'static str, Summary>], service_hwm_kib: Option<u6
             .collect()
     };
     let mut line = Vec::new();
-    for (num, den, target) in [("b", "a", Some(0.70)), ("b", "a32", None), ("c", "a", Some(0.90)), ("b", "d", None)] {
+    for (num, den, target) in [
+        ("b", "a", Some(0.70)),
+        ("b", "a32", None),
+        ("c", "a", Some(0.90)),
+        ("b", "d", None),
+    ] {
         let values = ratios(num, den);
         let Some(r) = median(values.clone()) else { continue };
         let spread = range(&values, 2);
@@ -1082,9 +1087,10 @@ fn report(rounds: &[BTreeMap<&'static str, Summary>], service_hwm_kib: Option<u6
     let p99s: Vec<f64> = runs("b").iter().filter_map(|s| s.p99_ms).collect();
     if !runs("b").is_empty() {
         match p99s.iter().copied().reduce(f64::max) {
-            Some(p99) if p99s.len() == runs("b").len() => {
-                line.push(format!("worst p99 (b): {p99:.2} ms (goal <= 25 ms){}", goal(p99 <= 25.0)))
-            }
+            Some(p99) if p99s.len() == runs("b").len() => line.push(format!(
+                "worst p99 (b): {p99:.2} ms (goal <= 25 ms){}",
+                goal(p99 <= 25.0)
+            )),
             _ => line.push("p99 (b): - (a round without any successful request) MISSED".into()),
         }
     }

@@ -17,7 +17,10 @@ use crate::{
         management::ManagementClient,
     },
     backoff::Backoff,
-    http::{self, AppContext, AppState, auth::Clients, idempotency::IdempotencyCache, publish::Publishing, rate_limit::RateLimits},
+    http::{
+        self, AppContext, AppState, auth::Clients, idempotency::IdempotencyCache, publish::Publishing,
+        rate_limit::RateLimits,
+    },
     metrics::Metrics,
     settings::Settings,
     store,

@@ -77,7 +77,9 @@ impl Publisher {
     /// Publishes one message and waits for the broker's answer.
     pub async fn publish(&self, message: Arc<OutgoingMessage>) -> PublishOutcome {
         let mut outcomes = self.publish_many(vec![message]).await;
-        outcomes.pop().unwrap_or(PublishOutcome::Unavailable("no outcome".into()))
+        outcomes
+            .pop()
+            .unwrap_or(PublishOutcome::Unavailable("no outcome".into()))
     }
 
     /// Publishes every message, in order, and awaits all the confirms together: one request to

@@ -303,10 +303,7 @@ async fn prepare<'a>(
         )
         .with_retry_after(seconds)));
     }
-    let message_id = input
-        .message_id
-        .clone()
-        .unwrap_or_else(new_message_id);
+    let message_id = input.message_id.clone().unwrap_or_else(new_message_id);
     let envelope = complete_envelope(input.message, &client.name);
     let payload = bytes::Bytes::from(serde_json::to_vec(&envelope).expect("a JSON map serializes"));
     if payload.len() > state.settings.app.max_body_bytes {

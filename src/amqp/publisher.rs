@@ -1,5 +1,6 @@
-//! The publisher worker: owns a channel in confirm mode and pipelines every request's publish on
-//! it; each request gets its own outcome on a `oneshot` once the broker confirmed (or refused).
+//! The publisher worker: owns a channel in confirm mode and pipelines every request's publishes on
+//! it; each request (one message, or a batch) gets one outcome per message on a `oneshot` once the
+//! broker confirmed (or refused) them.
 //!
 //! Never one confirm at a time: publishes go out as requests arrive, confirms are awaited
 //! together in a `FuturesUnordered`. A request in flight when its channel or connection dies gets

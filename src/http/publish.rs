@@ -175,6 +175,7 @@ pub fn parse_input(value: Value, prefix: &str) -> Result<PublishInput, BTreeMap<
     }
 }
 
+/// The platform envelope: `event` and `data` required, `timestamp` RFC 3339, `metadata` an object.
 fn check_envelope(message: &Map<String, Value>, prefix: &str, fields: &mut BTreeMap<String, String>) {
     match message.get("event") {
         Some(Value::String(s)) if !s.trim().is_empty() => {}

@@ -296,6 +296,28 @@ async fn a_batch_answers_each_message_in_order() {
     let queued = drain(&env.settings, &env.name("orders_queue")).await;
     assert_eq!(queued.len(), 2);
 
+    // A full batch reaches the queue in the batch's order.
+    let ordered: Vec<Value> = (0..500)
+        .map(|seq| {
+            json!({"exchange": orders, "routing_key": "orders.seq",
+                "message": {"event": "order.created", "data": {"seq": seq}}})
+        })
+        .collect();
+    let response = app
+        .post_json("/api/messages/publish/batch", &json!({ "messages": ordered }))
+        .await;
+    assert_eq!(response.status(), 200);
+    let queued = drain(&env.settings, &env.name("orders_queue")).await;
+    let seqs: Vec<u64> = queued
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Value>(&m.delivery.data).unwrap()["data"]["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (0..500).collect::<Vec<u64>>());
+
     let too_many = json!({"messages": vec![publish_body(&orders, "orders.a"); 501]});
     let response = app.post_json("/api/messages/publish/batch", &too_many).await;
     assert_eq!(response.status(), 422);

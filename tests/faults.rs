@@ -291,14 +291,6 @@ impl Drop for ChildGuard {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_publish_load_lets_requests_finish_and_loses_no_confirmed_message() {
     timeout(TEST_LIMIT, async {

@@ -337,14 +337,6 @@ async fn sigterm_stops_the_process_cleanly_within_the_deadline() {
     env.cleanup().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn mysql_tls_is_selected_by_settings() {
     use messages_broker::{settings::SslMode, store};

@@ -300,6 +300,15 @@ pub async fn drain(settings: &Settings, queue: &str) -> Vec<lapin::message::Basi
     out
 }
 
+/// A port free on 127.0.0.1 right now (for a service the test starts as a separate process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A publish body for `exchange` with a minimal valid envelope.
 pub fn publish_body(exchange: &str, routing_key: &str) -> serde_json::Value {
     serde_json::json!({

@@ -5,6 +5,10 @@
 #     application database, user and grants for per-test databases
 #   * promtool, for the alert rules' checks and unit tests (Debian package
 #     prometheus, installed only when promtool is missing; SETUP_PROMTOOL=0 skips it)
+#   * the deployment checks' tools (scripts/check-deploy.sh): docker-compose (Debian
+#     package; `config` needs no Docker engine) and kubernetes-validate (PyPI, ships
+#     the Kubernetes schemas); kubectl is used when present (its kustomize renders
+#     the manifests), else the raw manifests are validated
 #
 # Idempotent: on a machine where everything is installed and running it only
 # verifies. Installs missing packages with apt-get, starts stopped services
@@ -409,6 +413,36 @@ install_promtool() {
 }
 
 # ---------------------------------------------------------------------------
+# deployment checks (scripts/check-deploy.sh)
+# ---------------------------------------------------------------------------
+KUBERNETES_VALIDATE_VERSION=1.37.0
+install_deploy_tools() {
+    if have docker-compose; then
+        log "docker-compose: found ($(docker-compose version --short 2>/dev/null || echo '?'))"
+    else
+        log "docker-compose: not found, installing Debian package docker-compose"
+        apt_install docker-compose
+        have docker-compose || die "docker-compose installed but still missing"
+    fi
+    if python3 -c "import sys, kubernetes_validate.version as v; sys.exit(v.__version__ != '${KUBERNETES_VALIDATE_VERSION}')" 2>/dev/null; then
+        log "kubernetes-validate: found (${KUBERNETES_VALIDATE_VERSION})"
+    else
+        log "kubernetes-validate: installing ${KUBERNETES_VALIDATE_VERSION} with pip"
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+            "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" ||
+            die "pip could not install kubernetes-validate (scripts/check-deploy.sh needs it)"
+    fi
+    # No registry reachable from here has a kubectl recent enough for the kustomizations (Debian's
+    # kubernetes-client 1.20 embeds kustomize v2): use the one present, or let check-deploy.sh fall
+    # back to validating the raw files.
+    if have kubectl && kubectl version --client -o json 2>/dev/null | grep -q '"kustomizeVersion": *"v[4-9]'; then
+        log "kubectl: found, with kustomize ($(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p'))"
+    else
+        warn "kubectl with kustomize v4+ not found: scripts/check-deploy.sh validates the raw manifests of compose/kubernetes/base and does not render the overlays"
+    fi
+}
+
+# ---------------------------------------------------------------------------
 main() {
     RABBITMQ_VERSION=""
     DB_VERSION=""
@@ -420,6 +454,7 @@ main() {
     else
         install_promtool
     fi
+    install_deploy_tools
     { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'schemathesis==3.39.16' 'hypothesis<6.140' && log "schemathesis: $(python3 -m schemathesis.cli --version) (for scripts/schemathesis.sh; hypothesis pinned: 6.170.10+ breaks hypothesis-jsonschema 0.23)"; } || die "pip could not install schemathesis (scripts/schemathesis.sh needs it)"
 
     log "summary:"

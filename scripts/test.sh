@@ -13,6 +13,9 @@ echo "==> promtool check rules / test rules (compose/prometheus)"
 promtool check rules compose/prometheus/alerts.yml
 promtool test rules compose/prometheus/alerts.test.yml
 
+echo "==> deployment files: Kubernetes manifests, PrometheusRule drift, docker-compose config (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -383,6 +383,9 @@ def check_rendered(docs, report):
         for _, _, ports, roles in selected:
             if "api" not in roles:
                 report.error(where, "selects pods without the api role")
+            elif "stats" not in roles:
+                report.error(where, "selects api pods without the stats role: their queue routes "
+                             "would answer 503 stats_unavailable")
             for p in svc["spec"]["ports"]:
                 target = p.get("targetPort", p["port"])
                 if (isinstance(target, str) and target not in ports) or (

@@ -18,7 +18,7 @@ use crate::{
     },
     backoff::Backoff,
     http::{
-        self, AppContext, AppState, auth::Clients, idempotency::IdempotencyCache, publish::Publishing,
+        self, AppContext, AppState, auth::Clients, idempotency::Idempotency, publish::Publishing,
         rate_limit::RateLimits,
     },
     metrics::Metrics,
@@ -220,28 +220,37 @@ impl App {
         }
 
         // Publishing (api role): the publish routes' guards and the audit writer.
-        let publishing = publisher.filter(|_| roles.contains(Role::Api)).map(|publisher| {
-            let audit = match (&pool, settings.publish.audit) {
-                (Some(pool), true) => {
+        let publishing = match (publisher, &pool) {
+            (Some(publisher), Some(pool)) if roles.contains(Role::Api) => {
+                let audit = settings.publish.audit.then(|| {
                     let (sink, rx) = audit::channel(settings.publish.audit_queue, metrics.clone());
                     pipeline.spawn_named(
                         "audit-writer",
                         audit::run(pool.clone(), rx, metrics.clone(), pipeline_cancel.clone()),
                     );
-                    Some(sink)
-                }
-                _ => None,
-            };
-            Arc::new(Publishing {
-                publisher,
-                limits: RateLimits::from_topology(&topology.rate_limits),
-                idempotency: IdempotencyCache::new(
+                    sink
+                });
+                // A key is held for one publish: the confirm timeout, plus time to store the answer.
+                let lease = settings.publish.confirm_timeout + Duration::from_secs(2);
+                let idempotency = Arc::new(Idempotency::new(
+                    pool.clone(),
                     settings.publish.idempotency_ttl,
                     settings.publish.idempotency_max_keys,
-                ),
-                audit,
-            })
-        });
+                    lease,
+                ));
+                let (keys, cancel) = (idempotency.clone(), front_cancel.clone());
+                front.spawn_supervised("idempotency-cleanup", front_cancel.clone(), move || {
+                    keys.clone().run_cleanup(cancel.clone())
+                });
+                Some(Arc::new(Publishing {
+                    publisher,
+                    limits: RateLimits::from_topology(&topology.rate_limits),
+                    idempotency,
+                    audit,
+                }))
+            }
+            _ => None,
+        };
 
         let state = Arc::new(AppContext {
             clients: Arc::new(Clients::from_settings(&settings.auth.clients)),

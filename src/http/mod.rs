@@ -60,35 +60,39 @@ pub struct AppContext {
 }
 
 pub fn router(state: AppState) -> Router {
-    let mut api = Router::new();
-    if state.settings.app.roles.contains(Role::Api) {
-        let batch_limit = DefaultBodyLimit::max(state.settings.publish.max_batch_body_bytes);
-        api = api
-            .route("/api/topology", get(topology::show))
-            .route("/api/messages/publish", post(publish::publish))
-            .route(
-                "/api/messages/publish/batch",
-                post(publish::publish_batch).layer(batch_limit),
-            )
-            .route("/api/messages/failed", get(failed::list))
-            .route("/api/messages/failed/retry", post(failed::retry_matching))
-            .route("/api/messages/failed/{id}", get(failed::show).delete(failed::delete))
-            .route("/api/messages/retry/{id}", post(failed::retry_one));
-        api = api
-            .route("/api/queues", get(queues::list))
-            .route("/api/queues/{queue}/stats", get(queues::stats))
-            .route("/api/queues/{queue}/purge", post(queues::purge));
-    }
-    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
-
-    Router::new()
+    let mut router = Router::new()
         .route("/api/health", get(probes::health))
         .route("/api/ready", get(probes::ready))
         .route("/metrics", get(probes::metrics))
-        .route("/api/openapi.json", get(openapi::document))
-        .merge(api)
+        .route("/api/openapi.json", get(openapi::document));
+    // Without the `api` role there are no authenticated routes, and axum refuses (panics on) a
+    // route_layer over no routes: those paths fall through to the JSON 404.
+    if state.settings.app.roles.contains(Role::Api) {
+        router = router.merge(api_routes(&state));
+    }
+    router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.app.max_body_bytes))
         .with_state(state)
+}
+
+/// The `api` role's routes, all behind the bearer token.
+fn api_routes(state: &AppState) -> Router<AppState> {
+    let batch_limit = DefaultBodyLimit::max(state.settings.publish.max_batch_body_bytes);
+    Router::new()
+        .route("/api/topology", get(topology::show))
+        .route("/api/messages/publish", post(publish::publish))
+        .route(
+            "/api/messages/publish/batch",
+            post(publish::publish_batch).layer(batch_limit),
+        )
+        .route("/api/messages/failed", get(failed::list))
+        .route("/api/messages/failed/retry", post(failed::retry_matching))
+        .route("/api/messages/failed/{id}", get(failed::show).delete(failed::delete))
+        .route("/api/messages/retry/{id}", post(failed::retry_one))
+        .route("/api/queues", get(queues::list))
+        .route("/api/queues/{queue}/stats", get(queues::stats))
+        .route("/api/queues/{queue}/purge", post(queues::purge))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
 }

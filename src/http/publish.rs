@@ -17,7 +17,7 @@ use super::{
     auth::{Caller, Client},
     body::{json_body, too_large},
     error::{ApiError, ErrorBody},
-    idempotency::{Claim, IdempotencyCache, Ticket},
+    idempotency::{Claim, Idempotency, Ticket},
     rate_limit::RateLimits,
 };
 use crate::{
@@ -34,7 +34,8 @@ use crate::{
 pub struct Publishing {
     pub publisher: Publisher,
     pub limits: RateLimits,
-    pub idempotency: IdempotencyCache,
+    /// Keys shared by every api replica (MySQL), with an in-process cache in front.
+    pub idempotency: Arc<Idempotency>,
     /// `None` when `publish.audit` is off.
     pub audit: Option<AuditSink>,
 }
@@ -275,9 +276,10 @@ async fn prepare<'a>(
     let ticket = match &key {
         None => None,
         Some(key) => match publishing.idempotency.claim(&client.name, key, !in_batch).await {
-            Claim::Replay(body) => return Prepared::Answered(Ok(body)),
-            Claim::First(ticket) => Some(ticket),
-            Claim::Busy => {
+            Err(err) => return Prepared::Answered(Err(err.into())),
+            Ok(Claim::Replay(body)) => return Prepared::Answered(Ok(body)),
+            Ok(Claim::First(ticket)) => Some(ticket),
+            Ok(Claim::Busy) => {
                 return Prepared::Answered(Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "idempotency_conflict",
@@ -354,7 +356,7 @@ fn count(state: &AppState, exchange: &str, outcome: &str) {
 }
 
 /// Turns the broker's answer into the API's, and records it.
-fn settle(
+async fn settle(
     state: &AppState,
     publishing: &Publishing,
     client: &Client,
@@ -403,7 +405,7 @@ fn settle(
     count(state, &message.exchange, label);
     if let Ok(body) = &result {
         if let Some(ticket) = ticket {
-            ticket.complete(body.clone());
+            ticket.complete(body.clone()).await;
         }
         if let Some(audit) = &publishing.audit {
             audit.record(NewMessageLog {
@@ -476,6 +478,7 @@ pub async fn publish(
                 .publish_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
             settle(&state, &publishing, &client, &message, outcome, ticket, body)
+                .await
                 .map(|b| (StatusCode::CREATED, Json(b)))
         }
     }
@@ -544,33 +547,33 @@ pub async fn publish_batch(
         .publish_duration_seconds
         .observe(started.elapsed().as_secs_f64());
 
-    let results: Vec<Value> = slots
-        .into_iter()
-        .enumerate()
-        .map(|(index, slot)| {
-            let result = match slot {
-                Prepared::Answered(result) => result,
-                Prepared::Ready { message, ticket, body } => {
-                    let outcome = outcomes.next().unwrap_or(PublishOutcome::Unavailable("no outcome".into()));
-                    settle(&state, &publishing, &client, &message, outcome, ticket, body)
-                }
-            };
-            match result {
-                Ok(mut body) => {
-                    body["index"] = index.into();
-                    body["status"] = 201.into();
-                    body
-                }
-                Err(err) => {
-                    let mut item = json!({"index": index, "status": err.status.as_u16(), "error": err.code, "message": err.message});
-                    if let Some(fields) = err.fields {
-                        item["fields"] = json!(fields);
-                    }
-                    item
-                }
+    let mut results = Vec::with_capacity(slots.len());
+    for (index, slot) in slots.into_iter().enumerate() {
+        let result = match slot {
+            Prepared::Answered(result) => result,
+            Prepared::Ready { message, ticket, body } => {
+                let outcome = outcomes
+                    .next()
+                    .unwrap_or(PublishOutcome::Unavailable("no outcome".into()));
+                settle(&state, &publishing, &client, &message, outcome, ticket, body).await
             }
-        })
-        .collect();
+        };
+        results.push(match result {
+            Ok(mut body) => {
+                body["index"] = index.into();
+                body["status"] = 201.into();
+                body
+            }
+            Err(err) => {
+                let mut item =
+                    json!({"index": index, "status": err.status.as_u16(), "error": err.code, "message": err.message});
+                if let Some(fields) = err.fields {
+                    item["fields"] = json!(fields);
+                }
+                item
+            }
+        });
+    }
     // Built as a Value directly: `json!` would serialize (deep-copy) the results first.
     let mut body = Map::new();
     body.insert("results".into(), Value::Array(results));

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 pub mod failed_messages;
 pub mod failed_stats;
+pub mod idempotency_keys;
 pub mod message_logs;
 
 use sqlx::{MySqlPool, mysql::MySqlPoolOptions};

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod load;
+pub mod process;
 pub mod proxy;
 
 use std::{future::Future, path::PathBuf, time::Duration};

@@ -1,5 +1,6 @@
 //! Everything AMQP: the supervised connection and the management API client.
 
+pub mod calls;
 pub mod connection;
 pub mod headers;
 pub mod management;

@@ -47,6 +47,19 @@ pub enum PublishOutcome {
     TimedOut,
 }
 
+impl PublishOutcome {
+    /// The `outcome` label of `messages_broker_published_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Confirmed => "published",
+            Self::Unroutable => "unroutable",
+            Self::Rejected => "queue_full",
+            Self::Unavailable(_) => "broker_unavailable",
+            Self::TimedOut => "timeout",
+        }
+    }
+}
+
 /// One request: its messages go out in order and are answered together.
 struct Request {
     messages: Vec<Arc<OutgoingMessage>>,

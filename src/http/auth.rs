@@ -153,7 +153,7 @@ mod tests {
     fn scopes_and_allow_list() {
         let client = clients().authenticate("secret-token").unwrap();
         assert!(client.require(Scope::Publish).is_ok());
-        assert_eq!(client.require(Scope::Read).unwrap_err().status, 403);
+        assert_eq!(client.require(Scope::Read).unwrap_err().status(), 403);
         assert!(client.may_publish_to("orders_exchange"));
         assert!(!client.may_publish_to("auth_exchange"));
     }

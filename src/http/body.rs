@@ -8,7 +8,7 @@ use axum::{
 };
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 pub fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
@@ -22,8 +22,7 @@ pub fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit
             .to_ascii_lowercase();
         if essence != "application/json" && !essence.ends_with("+json") {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "Send the body as application/json.",
             ));
         }
@@ -33,8 +32,7 @@ pub fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit
             too_large(limit)
         } else {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "The request body could not be read.",
             )
         }
@@ -44,8 +42,7 @@ pub fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit
     }
     serde_json::from_slice(&bytes).map_err(|err| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("The body is not valid JSON: {err}."),
         )
     })
@@ -53,8 +50,7 @@ pub fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit
 
 pub fn too_large(limit: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("The body exceeds {limit} bytes."),
     )
 }

@@ -1,5 +1,8 @@
 //! `ApiError`: every failure of the API maps to a status and the contract's JSON body
 //! `{"error": "<code>", "message": "<human text>"}` (+ `"fields"` on 422). Internals never leak.
+//!
+//! Every error code is an [`ErrorCode`] (listed in the OpenAPI document), and every mapping from
+//! a library error (store, publisher, broker calls, failed-message claims) to a response lives here.
 
 use std::collections::BTreeMap;
 
@@ -9,11 +12,71 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use tracing::error;
+
+use crate::{
+    amqp::{calls::CallError, publisher::PublishOutcome},
+    store::{StoreError, failed_messages::ClaimRefusal},
+};
+
+/// The stable, machine-readable codes of the API, each with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema, strum::IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidBody,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    AlreadyResolved,
+    RetryInProgress,
+    IdempotencyConflict,
+    PurgeRefused,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    UnknownExchange,
+    Unroutable,
+    ConfirmationRequired,
+    RateLimited,
+    QueueFull,
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    StatsUnavailable,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidJson | Self::InvalidBody => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AlreadyResolved | Self::RetryInProgress | Self::IdempotencyConflict | Self::PurgeRefused => {
+                StatusCode::CONFLICT
+            }
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ValidationFailed | Self::UnknownExchange | Self::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ConfirmationRequired => StatusCode::PRECONDITION_REQUIRED,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull | Self::BrokerUnavailable | Self::DatabaseUnavailable | Self::StatsUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub fields: Option<BTreeMap<String, String>>,
     /// Seconds, for 429 and 503 answers.
@@ -23,7 +86,7 @@ pub struct ApiError {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable, machine-readable code, e.g. `validation_failed`.
-    pub error: String,
+    pub error: ErrorCode,
     pub message: String,
     /// On 422: the offending fields and what is wrong with each.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,9 +94,8 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             fields: None,
@@ -41,61 +103,133 @@ impl ApiError {
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Missing or unknown bearer token.",
-        )
+        Self::new(ErrorCode::Unauthorized, "Missing or unknown bearer token.")
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    /// The broker cannot be reached or did not answer: worth retrying in a second.
+    pub fn broker_unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BrokerUnavailable, message).with_retry_after(1)
     }
 
     pub fn validation(fields: BTreeMap<String, String>) -> Self {
-        let mut err = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "The request is not valid; see fields.",
-        );
+        let mut err = Self::new(ErrorCode::ValidationFailed, "The request is not valid; see fields.");
         err.fields = Some(fields);
         err
+    }
+
+    /// One bad field.
+    pub fn invalid_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::validation(BTreeMap::from([(field.into(), reason.into())]))
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
     }
+
+    /// The error as one item of a batch answer: `{index, status, error, message, fields?}`.
+    pub fn to_item(&self, index: usize) -> serde_json::Value {
+        let mut item = serde_json::json!({
+            "index": index, "status": self.status().as_u16(), "error": self.code, "message": self.message,
+        });
+        if let Some(fields) = &self.fields {
+            item["fields"] = serde_json::json!(fields);
+        }
+        item
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let body = ErrorBody {
-            error: self.code.to_owned(),
+            error: self.code,
             message: self.message,
             fields: self.fields,
         };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        error!(error = %err, "Database call failed.");
+        ApiError::new(ErrorCode::DatabaseUnavailable, "The database is unavailable; retry later.").with_retry_after(1)
+    }
+}
+
+impl ApiError {
+    /// A refused claim on failed message `id`.
+    pub fn from_claim(refusal: ClaimRefusal, id: u64) -> Self {
+        match refusal {
+            ClaimRefusal::NotFound => ApiError::not_found(format!("No failed message {id}.")),
+            ClaimRefusal::AlreadyResolved => Self::new(
+                ErrorCode::AlreadyResolved,
+                format!("Failed message {id} is already resolved."),
+            ),
+            ClaimRefusal::InProgress => Self::new(
+                ErrorCode::RetryInProgress,
+                format!("Failed message {id} is being retried right now."),
+            ),
+        }
+    }
+
+    /// A broker call on `what` (e.g. "queue `orders_queue`") that did not go through.
+    pub fn from_call(err: CallError, what: &str) -> Self {
+        match err {
+            CallError::NotFound(_) => ApiError::not_found(format!("No {what} on the broker.")),
+            CallError::Refused(reason) => {
+                Self::new(ErrorCode::PurgeRefused, format!("RabbitMQ refused it for {what}: {reason}."))
+            }
+            CallError::TimedOut => Self::broker_unavailable(format!("RabbitMQ did not answer in time for {what}.")),
+            CallError::Disconnected(reason) => Self::broker_unavailable(format!("RabbitMQ: {reason}.")),
+        }
+    }
+
+    /// The broker's answer to a publish of `exchange`/`routing_key`; `None` when it was confirmed.
+    pub fn from_publish(outcome: &PublishOutcome, exchange: &str, routing_key: &str) -> Option<Self> {
+        Some(match outcome {
+            PublishOutcome::Confirmed => return None,
+            PublishOutcome::Unroutable => Self::new(
+                ErrorCode::Unroutable,
+                format!(
+                    "No queue is bound to `{exchange}` for routing key `{routing_key}`; the message was not stored."
+                ),
+            ),
+            PublishOutcome::Rejected => Self::new(
+                ErrorCode::QueueFull,
+                "A destination queue is full and refused the message; retry later.",
+            )
+            .with_retry_after(1),
+            PublishOutcome::Unavailable(reason) => Self::broker_unavailable(format!("RabbitMQ is unavailable: {reason}.")),
+            PublishOutcome::TimedOut => {
+                Self::broker_unavailable("RabbitMQ did not confirm in time; the message may or may not have been stored.")
+            }
+        })
     }
 }
 
@@ -105,9 +239,20 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "This route does not accept that method.",
-    )
+    ApiError::new(ErrorCode::MethodNotAllowed, "This route does not accept that method.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_snake_case_names() {
+        assert_eq!(ErrorCode::BrokerUnavailable.as_str(), "broker_unavailable");
+        assert_eq!(
+            serde_json::to_value(ErrorCode::ConfirmationRequired).unwrap(),
+            "confirmation_required"
+        );
+        assert_eq!(ErrorCode::Unroutable.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
 }

@@ -10,35 +10,27 @@ use axum::{
         Path, Query, State,
         rejection::{BytesRejection, PathRejection, QueryRejection},
     },
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
-use tracing::{error, info};
+use tracing::info;
 
 use super::{
     AppState,
     auth::Caller,
     body::json_body,
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ErrorBody, ErrorCode},
 };
 use crate::{
     settings::Scope,
     store::{
-        StoreError,
-        failed_messages::{self, ClaimRefusal, Filter, Status},
+        failed_messages::{self, Filter, Status},
     },
 };
 
 const DEFAULT_PER_PAGE: u32 = 15;
 const MAX_PER_PAGE: u32 = 100;
-
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        error!(error = %err, "Database call failed.");
-        ApiError::unavailable("database_unavailable", "The database is unavailable; retry later.").with_retry_after(1)
-    }
-}
 
 /// Filters and pagination, each checked; every bad one is reported (422 with fields).
 #[derive(Debug, Clone, PartialEq)]
@@ -212,28 +204,16 @@ pub async fn retry_one(
     let retrier = state
         .retrier
         .as_ref()
-        .ok_or_else(|| ApiError::unavailable("broker_unavailable", "This process cannot republish."))?;
+        .ok_or_else(|| ApiError::broker_unavailable("This process cannot republish."))?;
     match retrier.retry_now(id).await? {
         Ok((row, true)) => {
             info!(client = %client.name, id, "Failed message retried by hand.");
             Ok(Json(json!(row)))
         }
-        Ok((_, false)) => Err(ApiError::unavailable(
-            "broker_unavailable",
+        Ok((_, false)) => Err(ApiError::broker_unavailable(
             "RabbitMQ did not confirm the republish; the message stays pending and will be retried.",
-        )
-        .with_retry_after(1)),
-        Err(ClaimRefusal::NotFound) => Err(ApiError::not_found(format!("No failed message {id}."))),
-        Err(ClaimRefusal::AlreadyResolved) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_resolved",
-            format!("Failed message {id} is already resolved."),
         )),
-        Err(ClaimRefusal::InProgress) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "retry_in_progress",
-            format!("Failed message {id} is being retried right now."),
-        )),
+        Err(refusal) => Err(ApiError::from_claim(refusal, id)),
     }
 }
 
@@ -260,8 +240,7 @@ pub async fn retry_matching(
     if has_body || body.is_err() {
         let Value::Object(map) = json_body(&headers, body, state.settings.app.max_body_bytes)? else {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 "The body must be a JSON object of filters.",
             ));
         };
@@ -348,7 +327,7 @@ mod tests {
     fn ids_are_positive_integers() {
         assert_eq!(parse_id("12").unwrap(), 12);
         for bad in ["0", "-1", "abc", "..%2F", "1;DROP TABLE x", ""] {
-            assert_eq!(parse_id(bad).unwrap_err().status, StatusCode::NOT_FOUND);
+            assert_eq!(parse_id(bad).unwrap_err().code, ErrorCode::NotFound);
         }
     }
 }

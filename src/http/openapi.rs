@@ -17,7 +17,7 @@ use super::{error, failed, probes, publish, queues, topology};
         queues::list, queues::stats, queues::purge,
     ),
     components(schemas(
-        error::ErrorBody, probes::Health, probes::Readiness,
+        error::ErrorBody, error::ErrorCode, probes::Health, probes::Readiness,
         queues::QueueSummary, queues::QueueStatsBody, queues::Rates, queues::PurgeBody,
     )),
     modifiers(&BearerAuth)

@@ -16,7 +16,7 @@ use super::{
     AppState,
     auth::{Caller, Client},
     body::{json_body, too_large},
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ErrorBody, ErrorCode},
     idempotency::{Claim, Idempotency, Ticket},
     rate_limit::RateLimits,
 };
@@ -260,8 +260,7 @@ async fn prepare<'a>(
         Some(exchange) if !exchange.internal => {}
         _ => {
             return Prepared::Answered(Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_exchange",
+                ErrorCode::UnknownExchange,
                 format!("`{}` is not a public exchange of the topology.", input.exchange),
             )));
         }
@@ -281,8 +280,7 @@ async fn prepare<'a>(
             Ok(Claim::First(ticket)) => Some(ticket),
             Ok(Claim::Busy) => {
                 return Prepared::Answered(Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_conflict",
+                    ErrorCode::IdempotencyConflict,
                     format!("A request with message_id `{key}` is being published; retry to get its result."),
                 )));
             }
@@ -294,11 +292,10 @@ async fn prepare<'a>(
             .rate_limited_total
             .with_label_values(&[client.name.as_str()])
             .inc();
-        count(state, &input.exchange, "rate_limited");
+        count(state, &input.exchange, ErrorCode::RateLimited.as_str());
         let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
         return Prepared::Answered(Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             format!(
                 "Rate limit reached for `{}` on `{}`; retry in {seconds} s.",
                 client.name, input.exchange
@@ -365,44 +362,11 @@ async fn settle(
     ticket: Option<Ticket<'_>>,
     body: Value,
 ) -> Result<Value, ApiError> {
-    let (label, result) = match outcome {
-        PublishOutcome::Confirmed => ("published", Ok(body)),
-        PublishOutcome::Unroutable => (
-            "unroutable",
-            Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unroutable",
-                format!(
-                    "No queue is bound to `{}` for routing key `{}`; the message was not stored.",
-                    message.exchange, message.routing_key
-                ),
-            )),
-        ),
-        PublishOutcome::Rejected => (
-            "queue_full",
-            Err(ApiError::unavailable(
-                "queue_full",
-                "A destination queue is full and refused the message; retry later.",
-            )
-            .with_retry_after(1)),
-        ),
-        PublishOutcome::Unavailable(reason) => (
-            "broker_unavailable",
-            Err(
-                ApiError::unavailable("broker_unavailable", format!("RabbitMQ is unavailable: {reason}."))
-                    .with_retry_after(1),
-            ),
-        ),
-        PublishOutcome::TimedOut => (
-            "timeout",
-            Err(ApiError::unavailable(
-                "broker_unavailable",
-                "RabbitMQ did not confirm in time; the message may or may not have been stored.",
-            )
-            .with_retry_after(1)),
-        ),
+    let result = match ApiError::from_publish(&outcome, &message.exchange, &message.routing_key) {
+        None => Ok(body),
+        Some(err) => Err(err),
     };
-    count(state, &message.exchange, label);
+    count(state, &message.exchange, outcome.label());
     if let Ok(body) = &result {
         if let Some(ticket) = ticket {
             ticket.complete(body.clone()).await;
@@ -456,7 +420,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 415, body = ErrorBody, description = "unsupported_media_type"),
         (status = 422, body = ErrorBody, description = "validation_failed, unknown_exchange, unroutable"),
         (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After"),
-        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable"),
+        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable; database_unavailable for a request with an idempotency key"),
     ))]
 pub async fn publish(
     State(state): State<AppState>,
@@ -564,14 +528,7 @@ pub async fn publish_batch(
                 body["status"] = 201.into();
                 body
             }
-            Err(err) => {
-                let mut item =
-                    json!({"index": index, "status": err.status.as_u16(), "error": err.code, "message": err.message});
-                if let Some(fields) = err.fields {
-                    item["fields"] = json!(fields);
-                }
-                item
-            }
+            Err(err) => err.to_item(index),
         });
     }
     // Built as a Value directly: `json!` would serialize (deep-copy) the results first.

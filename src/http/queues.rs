@@ -10,20 +10,20 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Json,
     extract::{Path, State, rejection::PathRejection},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
+    http::{HeaderMap, HeaderName, HeaderValue},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use lapin::{options::QueuePurgeOptions, protocol::AMQPErrorKind, protocol::AMQPSoftError};
 use serde::Serialize;
 use tracing::warn;
 
 use super::{
     AppState,
     auth::Caller,
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ErrorBody, ErrorCode},
 };
 use crate::{
+    amqp::calls,
     settings::Scope,
     topology::validate::is_plain_name,
     workers::{
@@ -107,8 +107,8 @@ pub struct PurgeBody {
 /// The latest usable snapshot, or why there is none.
 fn snapshot(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
     if !state.settings.app.roles.contains(Role::Stats) {
-        return Err(ApiError::unavailable(
-            "stats_unavailable",
+        return Err(ApiError::new(
+            ErrorCode::StatsUnavailable,
             format!(
                 "Queue statistics are served by processes that also run the `stats` role; this one runs `{}`.",
                 state.settings.app.roles
@@ -117,14 +117,14 @@ fn snapshot(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
     }
     let current = state.stats.borrow().clone();
     match current {
-        None => Err(ApiError::unavailable(
-            "stats_unavailable",
+        None => Err(ApiError::new(
+            ErrorCode::StatsUnavailable,
             "The first poll of the queues has not finished yet; retry in a moment.",
         )
         .with_retry_after(1)),
         Some(snapshot) => match snapshot.unavailable_reason() {
-            Some(reason) => Err(ApiError::unavailable(
-                "stats_unavailable",
+            Some(reason) => Err(ApiError::new(
+                ErrorCode::StatsUnavailable,
                 format!("Queue statistics cannot be read right now ({reason})."),
             )
             .with_retry_after(5)),
@@ -276,54 +276,26 @@ pub async fn purge(
         .is_some_and(|v| v == name);
     if !confirmed {
         return Err(ApiError::new(
-            StatusCode::PRECONDITION_REQUIRED,
-            "confirmation_required",
+            ErrorCode::ConfirmationRequired,
             format!(
                 "Purging deletes every ready message of `{name}` for good; send the header `X-Confirm-Purge: {name}` to confirm."
             ),
         ));
     }
-    let link = state.link.borrow().clone().ok_or_else(|| {
-        ApiError::unavailable("broker_unavailable", "Not connected to RabbitMQ; retry later.").with_retry_after(1)
-    })?;
-    let timed_out = || {
-        ApiError::unavailable("broker_unavailable", "RabbitMQ did not answer the purge in time.").with_retry_after(1)
-    };
-    // A throwaway channel: a refusal (404 and the like) closes it, and nothing else uses it.
-    let channel = tokio::time::timeout(PURGE_TIMEOUT, link.connection.create_channel())
+    let link = state
+        .link
+        .borrow()
+        .clone()
+        .ok_or_else(|| ApiError::broker_unavailable("Not connected to RabbitMQ; retry later."))?;
+    let what = format!("queue `{name}`");
+    let purged = calls::purge_queue(&link.connection, &name, PURGE_TIMEOUT)
         .await
-        .map_err(|_| timed_out())?
-        .map_err(|err| ApiError::unavailable("broker_unavailable", format!("Cannot open a channel: {err}.")))?;
-    let result = tokio::time::timeout(
-        PURGE_TIMEOUT,
-        channel.queue_purge(name.as_str().into(), QueuePurgeOptions::default()),
-    )
-    .await
-    .map_err(|_| timed_out())?;
-    match result {
-        Ok(purged) => {
-            let _ = channel.close(200, "purged".into()).await;
-            warn!(client = %client.name, queue = %name, purged, "Queue purged.");
-            Ok(Json(PurgeBody {
-                message: format!("Queue `{name}` purged."),
-                purged,
-            }))
-        }
-        Err(err) => Err(match err.kind() {
-            lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-                AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
-                    ApiError::not_found(format!("No queue `{name}` on the broker."))
-                }
-                AMQPErrorKind::Soft(_) => ApiError::new(
-                    StatusCode::CONFLICT,
-                    "purge_refused",
-                    format!("RabbitMQ refused to purge `{name}`: {}.", amqp.get_message()),
-                ),
-                AMQPErrorKind::Hard(_) => ApiError::unavailable("broker_unavailable", format!("RabbitMQ: {err}.")),
-            },
-            _ => ApiError::unavailable("broker_unavailable", format!("RabbitMQ: {err}.")).with_retry_after(1),
-        }),
-    }
+        .map_err(|err| ApiError::from_call(err, &what))?;
+    warn!(client = %client.name, queue = %name, purged, "Queue purged.");
+    Ok(Json(PurgeBody {
+        message: format!("Queue `{name}` purged."),
+        purged,
+    }))
 }
 
 #[cfg(test)]
@@ -344,6 +316,6 @@ mod tests {
         assert!(!ok("é"));
         assert!(!ok(&"q".repeat(256)));
         assert!(ok(&"q".repeat(255)));
-        assert_eq!(queue_name(Ok(Path("a/b".into()))).unwrap_err().status, 404);
+        assert_eq!(queue_name(Ok(Path("a/b".into()))).unwrap_err().status(), 404);
     }
 }

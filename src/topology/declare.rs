@@ -13,6 +13,7 @@ use lapin::{
 };
 
 use super::model::{ArgValue, Binding, Exchange, ExchangeKind, Queue, Topology};
+use crate::amqp::calls::{CallError, ThrowawayChannel};
 
 /// Bound on each declaration: a broker under an alarm can stall a channel forever.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,10 +93,9 @@ pub enum Probe {
 }
 
 /// Declares everything; broker refusals end up in the report, only a dead connection is an `Err`.
-pub async fn declare(connection: &Connection, topology: &Topology, probe: Probe) -> lapin::Result<DeclareReport> {
+pub async fn declare(connection: &Connection, topology: &Topology, probe: Probe) -> Result<DeclareReport, CallError> {
     let mut declarer = Declarer {
-        connection,
-        channel: connection.create_channel().await?,
+        channel: ThrowawayChannel::open(connection, STEP_TIMEOUT).await?,
         report: DeclareReport::default(),
         probe,
     };
@@ -108,16 +108,15 @@ pub async fn declare(connection: &Connection, topology: &Topology, probe: Probe)
     for binding in &topology.bindings {
         declarer.binding(binding).await?;
     }
-    let _ = declarer.channel.close(200, "topology declared".into()).await;
+    declarer.channel.close("topology declared").await;
     Ok(declarer.report)
 }
 
 /// Checks that every exchange and queue exists, without changing anything (roles that do not
 /// own the topology use this to know it is there).
-pub async fn verify(connection: &Connection, topology: &Topology) -> lapin::Result<DeclareReport> {
+pub async fn verify(connection: &Connection, topology: &Topology) -> Result<DeclareReport, CallError> {
     let mut declarer = Declarer {
-        connection,
-        channel: connection.create_channel().await?,
+        channel: ThrowawayChannel::open(connection, STEP_TIMEOUT).await?,
         report: DeclareReport::default(),
         probe: Probe::Existence,
     };
@@ -129,7 +128,7 @@ pub async fn verify(connection: &Connection, topology: &Topology) -> lapin::Resu
         let exists = declarer.queue_exists(&queue.name).await?;
         declarer.record(EntityKind::Queue, &queue.name, existence(exists));
     }
-    let _ = declarer.channel.close(200, "topology verified".into()).await;
+    declarer.channel.close("topology verified").await;
     Ok(declarer.report)
 }
 
@@ -142,9 +141,8 @@ fn existence(exists: bool) -> Outcome {
 }
 
 struct Declarer<'a> {
-    connection: &'a Connection,
     /// Replaced after every refusal, since the broker closes a channel on a soft error.
-    channel: Channel,
+    channel: ThrowawayChannel<'a>,
     report: DeclareReport,
     probe: Probe,
 }
@@ -158,48 +156,42 @@ impl Declarer<'_> {
         });
     }
 
-    /// Runs one broker call; a refusal becomes `Err(reason)` after the channel is replaced.
-    async fn attempt<T>(&mut self, call: impl Future<Output = lapin::Result<T>>) -> lapin::Result<Result<T, String>> {
-        let result = match tokio::time::timeout(STEP_TIMEOUT, call).await {
-            Ok(result) => result,
-            Err(_) => return Err(timeout_error()),
-        };
-        match result {
+    /// Runs one broker call: a refusal is `Ok(Err(reason))`, a dead connection an `Err`.
+    async fn attempt<T, F, Fut>(&mut self, call: F) -> Result<Result<T, String>, CallError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = lapin::Result<T>>,
+    {
+        match self.channel.call(call).await {
             Ok(value) => Ok(Ok(value)),
-            Err(err) if err.is_amqp_soft_error() => {
-                self.channel = self.connection.create_channel().await?;
-                Ok(Err(err.to_string()))
-            }
+            Err(CallError::NotFound(reason) | CallError::Refused(reason)) => Ok(Err(reason)),
             Err(err) => Err(err),
         }
     }
 
-    async fn exchange_exists(&mut self, exchange: &Exchange) -> lapin::Result<bool> {
+    async fn exchange_exists(&mut self, exchange: &Exchange) -> Result<bool, CallError> {
         let options = ExchangeDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        let channel = self.channel.clone();
-        let call = channel.exchange_declare(
-            exchange.name.as_str().into(),
-            lapin_kind(exchange.kind),
-            options,
-            FieldTable::default(),
-        );
+        let call = |channel: Channel| async move {
+            channel
+                .exchange_declare(exchange.name.as_str().into(), lapin_kind(exchange.kind), options, FieldTable::default())
+                .await
+        };
         Ok(self.attempt(call).await?.is_ok())
     }
 
-    async fn queue_exists(&mut self, name: &str) -> lapin::Result<bool> {
+    async fn queue_exists(&mut self, name: &str) -> Result<bool, CallError> {
         let options = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        let channel = self.channel.clone();
-        let call = channel.queue_declare(name.into(), options, FieldTable::default());
+        let call = |channel: Channel| async move { channel.queue_declare(name.into(), options, FieldTable::default()).await };
         Ok(self.attempt(call).await?.is_ok())
     }
 
-    async fn exchange(&mut self, exchange: &Exchange) -> lapin::Result<()> {
+    async fn exchange(&mut self, exchange: &Exchange) -> Result<(), CallError> {
         let existed = match self.probe {
             Probe::Existence => Some(self.exchange_exists(exchange).await?),
             Probe::Skip => None,
@@ -211,19 +203,17 @@ impl Declarer<'_> {
             internal: exchange.internal,
             nowait: false,
         };
-        let channel = self.channel.clone();
-        let call = channel.exchange_declare(
-            exchange.name.as_str().into(),
-            lapin_kind(exchange.kind),
-            options,
-            FieldTable::default(),
-        );
+        let call = |channel: Channel| async move {
+            channel
+                .exchange_declare(exchange.name.as_str().into(), lapin_kind(exchange.kind), options, FieldTable::default())
+                .await
+        };
         let outcome = outcome(self.attempt(call).await?, existed);
         self.record(EntityKind::Exchange, &exchange.name, outcome);
         Ok(())
     }
 
-    async fn queue(&mut self, queue: &Queue) -> lapin::Result<()> {
+    async fn queue(&mut self, queue: &Queue) -> Result<(), CallError> {
         let existed = match self.probe {
             Probe::Existence => Some(self.queue_exists(&queue.name).await?),
             Probe::Skip => None,
@@ -235,22 +225,29 @@ impl Declarer<'_> {
             auto_delete: queue.auto_delete,
             nowait: false,
         };
-        let channel = self.channel.clone();
-        let call = channel.queue_declare(queue.name.as_str().into(), options, arguments(queue));
-        let outcome = outcome(self.attempt(call).await?.map(|_| ()), existed);
+        let call = |channel: Channel| async move {
+            channel
+                .queue_declare(queue.name.as_str().into(), options, arguments(queue))
+                .await
+                .map(drop)
+        };
+        let outcome = outcome(self.attempt(call).await?, existed);
         self.record(EntityKind::Queue, &queue.name, outcome);
         Ok(())
     }
 
-    async fn binding(&mut self, binding: &Binding) -> lapin::Result<()> {
-        let channel = self.channel.clone();
-        let call = channel.queue_bind(
-            binding.queue.as_str().into(),
-            binding.exchange.as_str().into(),
-            binding.routing_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        );
+    async fn binding(&mut self, binding: &Binding) -> Result<(), CallError> {
+        let call = |channel: Channel| async move {
+            channel
+                .queue_bind(
+                    binding.queue.as_str().into(),
+                    binding.exchange.as_str().into(),
+                    binding.routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        };
         let outcome = outcome(self.attempt(call).await?, Some(true));
         let name = format!("{} -> {} ({:?})", binding.exchange, binding.queue, binding.routing_key);
         self.record(EntityKind::Binding, &name, outcome);
@@ -267,13 +264,6 @@ fn outcome(result: Result<(), String>, existed: Option<bool>) -> Outcome {
         },
         Err(reason) => Outcome::Failed(reason),
     }
-}
-
-fn timeout_error() -> lapin::Error {
-    lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "topology declaration timed out",
-    ))))
 }
 
 fn lapin_kind(kind: ExchangeKind) -> LapinKind {

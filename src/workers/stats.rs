@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     amqp::{
+        calls::ThrowawayChannel,
         connection::{Link, LinkReceiver},
         management::{ManagementClient, QueueInfo},
     },
@@ -281,7 +282,9 @@ async fn passive_declares(
     failed: Option<&FailedStats>,
 ) -> Result<(Vec<QueueStats>, Vec<String>), String> {
     let link = link.ok_or("not connected to RabbitMQ")?;
-    let mut channel = open_channel(link).await?;
+    let mut channel = ThrowawayChannel::open(&link.connection, DECLARE_TIMEOUT)
+        .await
+        .map_err(|err| format!("cannot open a channel: {err}"))?;
     let mut queues = Vec::with_capacity(topology.queues.len());
     let mut missing = Vec::new();
     let options = QueueDeclareOptions {
@@ -289,9 +292,10 @@ async fn passive_declares(
         ..Default::default()
     };
     for queue in &topology.queues {
-        let declare = channel.queue_declare(queue.name.as_str().into(), options, FieldTable::default());
-        match tokio::time::timeout(DECLARE_TIMEOUT, declare).await {
-            Ok(Ok(found)) => {
+        let name = queue.name.as_str();
+        let declare = |channel: Channel| async move { channel.queue_declare(name.into(), options, FieldTable::default()).await };
+        match channel.call(declare).await {
+            Ok(found) => {
                 let ready = u64::from(found.message_count());
                 queues.push(QueueStats {
                     name: queue.name.clone(),
@@ -310,24 +314,12 @@ async fn passive_declares(
                     consumer_lag: None,
                 });
             }
-            Ok(Err(err)) if err.is_amqp_soft_error() => {
-                missing.push(queue.name.clone());
-                channel = open_channel(link).await?;
-            }
-            Ok(Err(err)) => return Err(format!("passive declare of `{}` failed: {err}", queue.name)),
-            Err(_) => return Err(format!("passive declare of `{}` timed out", queue.name)),
+            Err(err) if err.is_refusal() => missing.push(queue.name.clone()),
+            Err(err) => return Err(format!("passive declare of `{name}` failed: {err}")),
         }
     }
-    let _ = channel.close(200, "stats read".into()).await;
+    channel.close("stats read").await;
     Ok((queues, missing))
-}
-
-async fn open_channel(link: &Link) -> Result<Channel, String> {
-    match tokio::time::timeout(DECLARE_TIMEOUT, link.connection.create_channel()).await {
-        Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(err)) => Err(format!("cannot open a channel: {err}")),
-        Err(_) => Err("opening a channel timed out".into()),
-    }
 }
 
 /// The label values this process has set, so that queues that disappeared lose their series.

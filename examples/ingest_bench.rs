@@ -21,6 +21,7 @@ use messages_broker::{
     store::{self, failed_messages},
     topology::{Queue, QueueRole, QueueType, Topology},
     workers::{
+        Worker,
         applier::TopologyState,
         ingester::{Ingester, dead_letter_row_from},
     },

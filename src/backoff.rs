@@ -1,6 +1,10 @@
-//! Exponential backoff with jitter, shared by reconnects, role restarts and migration retries.
+//! Exponential backoff with jitter, shared by reconnects, role restarts and every "retry until
+//! it works" loop ([`retry_until_ok`]: migrations, audit rows, dead-letter rows).
 
-use std::time::Duration;
+use std::{fmt::Display, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -29,6 +33,39 @@ impl Backoff {
 
     pub fn attempts(&self) -> u32 {
         self.attempt
+    }
+}
+
+/// Calls `attempt` until it succeeds, waiting with `backoff` between failures. The first failure
+/// goes to `warn_first` (one loud line per outage), later ones to debug. `None` when `cancel`
+/// fires while waiting; an attempt under way is never cut short (it may be committing).
+/// Otherwise the value and how many attempts failed before it (to log the recovery).
+pub async fn retry_until_ok<T, E, F, Fut>(
+    mut backoff: Backoff,
+    cancel: &CancellationToken,
+    mut attempt: F,
+    warn_first: impl FnOnce(&E, Duration),
+) -> Option<(T, u32)>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut warn_first = Some(warn_first);
+    loop {
+        let err = match attempt().await {
+            Ok(value) => return Some((value, backoff.attempts())),
+            Err(err) => err,
+        };
+        let delay = backoff.next_delay();
+        match warn_first.take() {
+            Some(warn) => warn(&err, delay),
+            None => debug!(error = %err, attempt = backoff.attempts(), retry_in = ?delay, "Still failing."),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
     }
 }
 

@@ -699,17 +699,6 @@ impl Settings {
         Ok(())
     }
 
-    /// Backoff after `MESSAGE_RETRY_DELAY` and `MESSAGE_MAX_RETRIES` are taken into account.
-    pub fn backoff(&self) -> Vec<Duration> {
-        match self.message.retry_delay {
-            Some(first_ms) => [1, 5, 30]
-                .iter()
-                .map(|factor| Duration::from_millis(first_ms.saturating_mul(*factor)))
-                .collect(),
-            None => self.retry.backoff.clone(),
-        }
-    }
-
     pub fn max_retries(&self) -> u32 {
         self.message.max_retries
     }
@@ -733,24 +722,6 @@ mod tests {
         assert_eq!(roles.0, vec![Role::Api, Role::Stats]);
         assert!("api,bogus".parse::<Roles>().unwrap_err().contains("bogus"));
         assert!("".parse::<Roles>().is_err());
-    }
-
-    #[test]
-    fn retry_delay_sets_the_first_step_and_keeps_the_ratio() {
-        let mut settings = Settings::default();
-        assert_eq!(
-            settings.backoff(),
-            vec![
-                Duration::from_secs(60),
-                Duration::from_secs(300),
-                Duration::from_secs(1800)
-            ]
-        );
-        settings.message.retry_delay = Some(1000);
-        assert_eq!(
-            settings.backoff(),
-            vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)]
-        );
     }
 
     #[test]

@@ -265,6 +265,7 @@ async fn two_retriers_on_one_database_republish_each_row_exactly_once() {
                 pool: store::pool(&env.settings.database),
                 publisher,
                 metrics: Arc::new(Metrics::new()),
+                db_migrated: tokio::sync::watch::channel(true).1,
             },
             _tx,
         ));

@@ -31,26 +31,16 @@ pub fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(limit)
         } else {
-            ApiError::new(
-                ErrorCode::InvalidBody,
-                "The request body could not be read.",
-            )
+            ApiError::new(ErrorCode::InvalidBody, "The request body could not be read.")
         }
     })?;
     if bytes.len() > limit {
         return Err(too_large(limit));
     }
-    serde_json::from_slice(&bytes).map_err(|err| {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("The body is not valid JSON: {err}."),
-        )
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::new(ErrorCode::InvalidJson, format!("The body is not valid JSON: {err}.")))
 }
 
 pub fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("The body exceeds {limit} bytes."),
-    )
+    ApiError::new(ErrorCode::PayloadTooLarge, format!("The body exceeds {limit} bytes."))
 }

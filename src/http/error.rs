@@ -178,7 +178,11 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         error!(error = %err, "Database call failed.");
-        ApiError::new(ErrorCode::DatabaseUnavailable, "The database is unavailable; retry later.").with_retry_after(1)
+        ApiError::new(
+            ErrorCode::DatabaseUnavailable,
+            "The database is unavailable; retry later.",
+        )
+        .with_retry_after(1)
     }
 }
 
@@ -202,9 +206,10 @@ impl ApiError {
     pub fn from_call(err: CallError, what: &str) -> Self {
         match err {
             CallError::NotFound(_) => ApiError::not_found(format!("No {what} on the broker.")),
-            CallError::Refused(reason) => {
-                Self::new(ErrorCode::PurgeRefused, format!("RabbitMQ refused it for {what}: {reason}."))
-            }
+            CallError::Refused(reason) => Self::new(
+                ErrorCode::PurgeRefused,
+                format!("RabbitMQ refused it for {what}: {reason}."),
+            ),
             CallError::TimedOut => Self::broker_unavailable(format!("RabbitMQ did not answer in time for {what}.")),
             CallError::Disconnected(reason) => Self::broker_unavailable(format!("RabbitMQ: {reason}.")),
         }
@@ -225,10 +230,12 @@ impl ApiError {
                 "A destination queue is full and refused the message; retry later.",
             )
             .with_retry_after(1),
-            PublishOutcome::Unavailable(reason) => Self::broker_unavailable(format!("RabbitMQ is unavailable: {reason}.")),
-            PublishOutcome::TimedOut => {
-                Self::broker_unavailable("RabbitMQ did not confirm in time; the message may or may not have been stored.")
+            PublishOutcome::Unavailable(reason) => {
+                Self::broker_unavailable(format!("RabbitMQ is unavailable: {reason}."))
             }
+            PublishOutcome::TimedOut => Self::broker_unavailable(
+                "RabbitMQ did not confirm in time; the message may or may not have been stored.",
+            ),
         })
     }
 }

@@ -24,9 +24,7 @@ use super::{
 };
 use crate::{
     settings::Scope,
-    store::{
-        failed_messages::{self, Filter, Status},
-    },
+    store::failed_messages::{self, Filter, Status},
 };
 
 const DEFAULT_PER_PAGE: u32 = 15;

@@ -7,7 +7,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -16,9 +19,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::store::{
-    StoreError,
-    idempotency_keys::{self, KeyClaim},
+use crate::{
+    store::{
+        StoreError,
+        idempotency_keys::{self, KeyClaim},
+    },
+    workers::Worker,
 };
 
 /// How often a request waits on a key another replica is publishing.
@@ -30,6 +36,8 @@ const CLEANUP_BATCH: u32 = 1_000;
 /// The keys of every replica: the local cache, then the shared table.
 pub struct Idempotency {
     local: IdempotencyCache,
+    /// The table could not be used for the last claim: keys are this process's own meanwhile.
+    degraded: AtomicBool,
     pool: MySqlPool,
     ttl: Duration,
     /// How long a replica holds a key it is publishing before others may take it over.
@@ -52,6 +60,8 @@ pub struct Ticket<'a> {
     ttl: Duration,
     client: String,
     key: String,
+    /// Claimed in the shared table too (false while it cannot be used).
+    shared: bool,
     completed: bool,
 }
 
@@ -59,6 +69,7 @@ impl Idempotency {
     pub fn new(pool: MySqlPool, ttl: Duration, max_keys: usize, lease: Duration) -> Self {
         Self {
             local: IdempotencyCache::new(ttl, max_keys),
+            degraded: AtomicBool::new(false),
             pool,
             ttl,
             lease,
@@ -67,38 +78,63 @@ impl Idempotency {
 
     /// Claims `key` for `client` here, then across replicas. With `wait`, waits while another
     /// request holds it; without, answers `Busy` (a batch holds several keys: waiting could
-    /// deadlock two batches).
-    pub async fn claim(&self, client: &str, key: &str, wait: bool) -> Result<Claim<'_>, StoreError> {
+    /// deadlock two batches). Publishing never waits for the database: while the table cannot
+    /// be used, keys are remembered by this process only (logged once, and its end).
+    pub async fn claim(&self, client: &str, key: &str, wait: bool) -> Claim<'_> {
         let local = match self.local.claim(client, key, wait).await {
             LocalClaim::First(ticket) => ticket,
-            LocalClaim::Replay(body) => return Ok(Claim::Replay(body)),
-            LocalClaim::Busy => return Ok(Claim::Busy),
+            LocalClaim::Replay(body) => return Claim::Replay(body),
+            LocalClaim::Busy => return Claim::Busy,
+        };
+        let ticket = |local, shared| Ticket {
+            local: Some(local),
+            pool: &self.pool,
+            ttl: self.ttl,
+            client: client.to_owned(),
+            key: key.to_owned(),
+            shared,
+            completed: false,
         };
         let deadline = Instant::now() + self.lease + Duration::from_secs(1);
         loop {
-            match idempotency_keys::claim(&self.pool, client, key, self.lease, self.ttl).await? {
-                KeyClaim::Won => {
-                    return Ok(Claim::First(Ticket {
-                        local: Some(local),
-                        pool: &self.pool,
-                        ttl: self.ttl,
-                        client: client.to_owned(),
-                        key: key.to_owned(),
-                        completed: false,
-                    }));
-                }
-                KeyClaim::Done(body) => {
+            let claimed = idempotency_keys::claim(&self.pool, client, key, self.lease, self.ttl).await;
+            self.note_table_state(claimed.as_ref().err());
+            match claimed {
+                Err(_) => return Claim::First(ticket(local, false)),
+                Ok(KeyClaim::Won) => return Claim::First(ticket(local, true)),
+                Ok(KeyClaim::Done(body)) => {
                     local.complete(body.clone());
-                    return Ok(Claim::Replay(body));
+                    return Claim::Replay(body);
                 }
-                KeyClaim::Pending if !wait || Instant::now() >= deadline => return Ok(Claim::Busy),
-                KeyClaim::Pending => tokio::time::sleep(SHARED_POLL).await,
+                Ok(KeyClaim::Pending) if !wait || Instant::now() >= deadline => return Claim::Busy,
+                Ok(KeyClaim::Pending) => tokio::time::sleep(SHARED_POLL).await,
             }
         }
     }
+}
+
+impl Idempotency {
+    /// Logs when the shared table stops (or starts again) being usable, not at every request.
+    fn note_table_state(&self, error: Option<&StoreError>) {
+        let was_degraded = self.degraded.swap(error.is_some(), Ordering::Relaxed);
+        match (error, was_degraded) {
+            (Some(err), false) => {
+                warn!(error = %err, "Idempotency keys cannot be shared through the database; this process remembers them alone until it is back.")
+            }
+            (None, true) => info!("Idempotency keys shared through the database again."),
+            _ => {}
+        }
+    }
+}
+
+/// The cleanup of expired keys runs as a supervised task of the api role.
+impl Worker for Arc<Idempotency> {
+    fn name(&self) -> &'static str {
+        "idempotency-cleanup"
+    }
 
     /// Deletes expired keys every minute until cancelled.
-    pub async fn run_cleanup(self: std::sync::Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
+    async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -121,7 +157,11 @@ impl Ticket<'_> {
     /// Remembers the success (for every replica, then here) and wakes the requests waiting.
     pub async fn complete(mut self, body: Remembered) {
         self.completed = true;
-        if let Err(err) = idempotency_keys::complete(self.pool, &self.client, &self.key, &body, self.ttl).await {
+        let stored = match self.shared {
+            true => idempotency_keys::complete(self.pool, &self.client, &self.key, &body, self.ttl).await,
+            false => Ok(()),
+        };
+        if let Err(err) = stored {
             // Published all the same: the answer stands; other replicas see the key pending
             // until its lease ends, then may publish a second copy.
             warn!(error = %err, client = %self.client, key = %self.key, "Cannot store the idempotency key's answer.");
@@ -135,7 +175,7 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         // Not completed: the publish failed. Forget the key everywhere, so a retry can succeed.
-        if !self.completed {
+        if self.shared && !self.completed {
             let (pool, client, key) = (self.pool.clone(), self.client.clone(), self.key.clone());
             tokio::spawn(async move {
                 if let Err(err) = idempotency_keys::release(&pool, &client, &key).await {

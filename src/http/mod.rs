@@ -13,7 +13,9 @@ pub mod queues;
 pub mod rate_limit;
 pub mod topology;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
 
 use axum::{
     Router,
@@ -23,13 +25,15 @@ use axum::{
 };
 use sqlx::MySqlPool;
 use tokio::sync::watch;
+use tracing::error;
 
 use crate::{
     amqp::{connection::LinkReceiver, management::ManagementClient},
     metrics::Metrics,
     settings::Settings,
+    shared::{Shared, Stages},
     topology::Topology,
-    workers::{Role, applier::TopologyState},
+    workers::{Role, applier::TopologyState, retrier::Retrier},
 };
 
 /// What handlers read, behind one `Arc`: axum clones the state for every extractor of every
@@ -52,11 +56,64 @@ pub struct AppContext {
     /// The publisher and its guards; `None` unless this process runs the `api` role.
     pub publishing: Option<Arc<publish::Publishing>>,
     /// Retries on demand (manual and bulk retry routes); needs the publisher and the database.
-    pub retrier: Option<Arc<crate::workers::retrier::Retrier>>,
+    pub retrier: Option<Arc<Retrier>>,
     /// The stats role's latest snapshot; stays `None` in processes without the role.
     pub stats: crate::workers::stats::SnapshotReceiver,
     /// For the readiness check of processes without the stats role (the others read the snapshot).
     pub management: ManagementClient,
+}
+
+impl AppContext {
+    /// What the handlers read, from the shared parts; `publishing` and the retry routes'
+    /// retrier only where this process runs the `api` role.
+    pub fn new(shared: &Shared) -> Self {
+        let api = shared.runs(Role::Api);
+        Self {
+            clients: Arc::new(auth::Clients::from_settings(&shared.settings.auth.clients)),
+            settings: shared.settings.clone(),
+            topology: shared.topology.clone(),
+            metrics: shared.metrics.clone(),
+            link: shared.link.clone(),
+            topology_state: shared.topology_state.subscribe(),
+            pool: shared
+                .settings
+                .app
+                .roles
+                .0
+                .iter()
+                .any(|r| r.needs_database())
+                .then(|| shared.pool.clone()),
+            db_migrated: shared.db_migrated.clone(),
+            publishing: api.then(|| Arc::new(publish::Publishing::start(shared))),
+            retrier: api.then(|| Arc::new(Retrier::new(shared))),
+            stats: shared.stats.subscribe(),
+            management: shared.management.clone(),
+        }
+    }
+}
+
+/// Binds the HTTP port (0 in tests) and serves until the first stage stops; a server failure
+/// fires `stages.fatal`. Answers the bound address.
+pub async fn serve(state: AppState, stages: &Stages) -> anyhow::Result<SocketAddr> {
+    let bind = format!("{}:{}", state.settings.app.host, state.settings.app.port);
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("Failed to bind the HTTP port {bind} (APP_HOST/APP_PORT)"))?;
+    let addr = listener.local_addr()?;
+    let router = router(state);
+    let (stop, fatal) = (stages.front_cancel.clone(), stages.fatal.clone());
+    stages.front.spawn_named("http", async move {
+        // Small JSON answers must not wait for Nagle's algorithm: it adds milliseconds per request.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(err) = server.await {
+            error!(error = %err, "HTTP server failed; stopping.");
+            fatal.cancel();
+        }
+    });
+    Ok(addr)
 }
 
 pub fn router(state: AppState) -> Router {

@@ -1,7 +1,11 @@
 //! `POST /api/messages/publish` and `/publish/batch`: validate, check the allow-list and rate
 //! limits, fill in the platform envelope, hand to the publisher, answer after the broker's confirm.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json,
@@ -26,8 +30,9 @@ use crate::{
         publisher::{OutgoingMessage, PublishOutcome, Publisher},
     },
     settings::Scope,
+    shared::Shared,
     store::message_logs::NewMessageLog,
-    workers::audit::AuditSink,
+    workers::audit::{self, AuditSink},
 };
 
 /// Everything the publish routes need beyond the common state.
@@ -38,6 +43,40 @@ pub struct Publishing {
     pub idempotency: Arc<Idempotency>,
     /// `None` when `publish.audit` is off.
     pub audit: Option<AuditSink>,
+}
+
+impl Publishing {
+    /// The api role's publishing parts: the confirm pipeline, the rate limits, the idempotency
+    /// keys (and their cleanup) and the audit writer.
+    pub fn start(shared: &Shared) -> Self {
+        let (settings, stages) = (&shared.settings, &shared.stages);
+        let audit = settings.publish.audit.then(|| {
+            let (sink, rx) = audit::channel(settings.publish.audit_queue, shared.metrics.clone());
+            let writer = audit::run(
+                shared.pool.clone(),
+                rx,
+                shared.metrics.clone(),
+                stages.pipeline_cancel.clone(),
+            );
+            stages.pipeline.spawn_named("audit-writer", writer);
+            sink
+        });
+        // A key is held for one publish: the confirm timeout, plus time to store the answer.
+        let lease = settings.publish.confirm_timeout + Duration::from_secs(2);
+        let idempotency = Arc::new(Idempotency::new(
+            shared.pool.clone(),
+            settings.publish.idempotency_ttl,
+            settings.publish.idempotency_max_keys,
+            lease,
+        ));
+        shared.spawn_role(idempotency.clone());
+        Self {
+            publisher: shared.publisher(),
+            limits: RateLimits::from_topology(&shared.topology.rate_limits),
+            idempotency,
+            audit,
+        }
+    }
 }
 
 /// Longest routing key, message_id and header name RabbitMQ accepts (AMQP short strings).
@@ -77,39 +116,8 @@ pub fn parse_input(value: Value, prefix: &str) -> Result<PublishInput, BTreeMap<
             fields.insert(path(key), "unknown field".into());
         }
     }
-    let exchange = match object.remove("exchange") {
-        Some(Value::String(s)) if !s.is_empty() => s,
-        Some(Value::String(_)) => {
-            fields.insert(path("exchange"), "must not be empty".into());
-            String::new()
-        }
-        Some(_) => {
-            fields.insert(path("exchange"), "must be a string".into());
-            String::new()
-        }
-        None => {
-            fields.insert(path("exchange"), "is required".into());
-            String::new()
-        }
-    };
-    let routing_key = match object.remove("routing_key") {
-        Some(Value::String(s)) if s.len() <= SHORT_STRING => s,
-        Some(Value::String(_)) => {
-            fields.insert(path("routing_key"), format!("must be at most {SHORT_STRING} bytes"));
-            String::new()
-        }
-        Some(_) => {
-            fields.insert(path("routing_key"), "must be a string".into());
-            String::new()
-        }
-        None => {
-            fields.insert(
-                path("routing_key"),
-                "is required (may be empty for fanout exchanges)".into(),
-            );
-            String::new()
-        }
-    };
+    let exchange = parse_exchange(object.remove("exchange"), &path("exchange"), &mut fields);
+    let routing_key = parse_routing_key(object.remove("routing_key"), &path("routing_key"), &mut fields);
     let message_id = match object.remove("message_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() && s.len() <= SHORT_STRING => Some(s),
@@ -121,34 +129,7 @@ pub fn parse_input(value: Value, prefix: &str) -> Result<PublishInput, BTreeMap<
             None
         }
     };
-    let mut headers = Vec::new();
-    match object.remove("headers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (name, value) in map {
-                let field = path(&format!("headers.{name}"));
-                if name.is_empty() || name.len() > SHORT_STRING {
-                    fields.insert(field, format!("header names must be 1 to {SHORT_STRING} bytes"));
-                    continue;
-                }
-                // RabbitMQ owns x- headers (x-death, x-delay...): clients must not forge them.
-                if name.to_ascii_lowercase().starts_with("x-") {
-                    fields.insert(field, "x- headers are reserved for the broker".into());
-                    continue;
-                }
-                match value {
-                    Value::String(_) | Value::Bool(_) => headers.push((name, value)),
-                    Value::Number(ref n) if n.is_i64() => headers.push((name, value)),
-                    _ => {
-                        fields.insert(field, "must be a string, an integer or a boolean".into());
-                    }
-                }
-            }
-        }
-        Some(_) => {
-            fields.insert(path("headers"), "must be an object".into());
-        }
-    }
+    let headers = parse_headers(object.remove("headers"), &path("headers"), &mut fields);
     let message = match object.remove("message") {
         Some(Value::Object(message)) => {
             check_envelope(&message, &path("message."), &mut fields);
@@ -174,6 +155,57 @@ pub fn parse_input(value: Value, prefix: &str) -> Result<PublishInput, BTreeMap<
     } else {
         Err(fields)
     }
+}
+
+/// `exchange`: a non-empty string (whether the topology has it is checked later).
+fn parse_exchange(value: Option<Value>, field: &str, fields: &mut BTreeMap<String, String>) -> String {
+    let problem = match value {
+        Some(Value::String(s)) if !s.is_empty() => return s,
+        Some(Value::String(_)) => "must not be empty",
+        Some(_) => "must be a string",
+        None => "is required",
+    };
+    fields.insert(field.to_owned(), problem.into());
+    String::new()
+}
+
+/// `routing_key`: a string of at most 255 bytes, possibly empty (fanout exchanges ignore it).
+fn parse_routing_key(value: Option<Value>, field: &str, fields: &mut BTreeMap<String, String>) -> String {
+    let problem = match value {
+        Some(Value::String(s)) if s.len() <= SHORT_STRING => return s,
+        Some(Value::String(_)) => format!("must be at most {SHORT_STRING} bytes"),
+        Some(_) => "must be a string".into(),
+        None => "is required (may be empty for fanout exchanges)".into(),
+    };
+    fields.insert(field.to_owned(), problem);
+    String::new()
+}
+
+/// `headers`: an object of strings, integers and booleans; `x-` names belong to the broker.
+fn parse_headers(value: Option<Value>, field: &str, fields: &mut BTreeMap<String, String>) -> Vec<(String, Value)> {
+    let mut headers = Vec::new();
+    let map = match value {
+        None | Some(Value::Null) => return headers,
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            fields.insert(field.to_owned(), "must be an object".into());
+            return headers;
+        }
+    };
+    for (name, value) in map {
+        let path = format!("{field}.{name}");
+        if name.is_empty() || name.len() > SHORT_STRING {
+            fields.insert(path, format!("header names must be 1 to {SHORT_STRING} bytes"));
+        } else if name.to_ascii_lowercase().starts_with("x-") {
+            // RabbitMQ owns x- headers (x-death, x-delay...): clients must not forge them.
+            fields.insert(path, "x- headers are reserved for the broker".into());
+        } else if value.is_string() || value.is_boolean() || value.is_i64() {
+            headers.push((name, value));
+        } else {
+            fields.insert(path, "must be a string, an integer or a boolean".into());
+        }
+    }
+    headers
 }
 
 /// The platform envelope: `event` and `data` required, `timestamp` RFC 3339, `metadata` an object.
@@ -256,29 +288,16 @@ async fn prepare<'a>(
         Ok(input) => input,
         Err(fields) => return Prepared::Answered(Err(ApiError::validation(fields))),
     };
-    match state.topology.exchange(&input.exchange) {
-        Some(exchange) if !exchange.internal => {}
-        _ => {
-            return Prepared::Answered(Err(ApiError::new(
-                ErrorCode::UnknownExchange,
-                format!("`{}` is not a public exchange of the topology.", input.exchange),
-            )));
-        }
-    }
-    if !client.may_publish_to(&input.exchange) {
-        return Prepared::Answered(Err(ApiError::forbidden(format!(
-            "Client `{}` may not publish to `{}`.",
-            client.name, input.exchange
-        ))));
+    if let Err(err) = check_target(state, client, &input.exchange) {
+        return Prepared::Answered(Err(err));
     }
     let key = idempotency_key.map(str::to_owned).or_else(|| input.message_id.clone());
     let ticket = match &key {
         None => None,
         Some(key) => match publishing.idempotency.claim(&client.name, key, !in_batch).await {
-            Err(err) => return Prepared::Answered(Err(err.into())),
-            Ok(Claim::Replay(body)) => return Prepared::Answered(Ok(body)),
-            Ok(Claim::First(ticket)) => Some(ticket),
-            Ok(Claim::Busy) => {
+            Claim::Replay(body) => return Prepared::Answered(Ok(body)),
+            Claim::First(ticket) => Some(ticket),
+            Claim::Busy => {
                 return Prepared::Answered(Err(ApiError::new(
                     ErrorCode::IdempotencyConflict,
                     format!("A request with message_id `{key}` is being published; retry to get its result."),
@@ -286,28 +305,69 @@ async fn prepare<'a>(
             }
         },
     };
-    if let Err(wait) = publishing.limits.check(&client.name, &input.exchange) {
-        state
-            .metrics
-            .rate_limited_total
-            .with_label_values(&[client.name.as_str()])
-            .inc();
-        count(state, &input.exchange, ErrorCode::RateLimited.as_str());
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        return Prepared::Answered(Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "Rate limit reached for `{}` on `{}`; retry in {seconds} s.",
-                client.name, input.exchange
-            ),
-        )
-        .with_retry_after(seconds)));
+    if let Err(err) = check_rate_limit(state, publishing, client, &input.exchange) {
+        return Prepared::Answered(Err(err));
     }
+    match outgoing(state, client, input) {
+        Ok((message, body)) => Prepared::Ready { message, ticket, body },
+        Err(err) => Prepared::Answered(Err(err)),
+    }
+}
+
+/// The exchange must be a public one of the topology, and in the client's allow-list.
+fn check_target(state: &AppState, client: &Client, exchange: &str) -> Result<(), ApiError> {
+    match state.topology.exchange(exchange) {
+        Some(found) if !found.internal => {}
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::UnknownExchange,
+                format!("`{exchange}` is not a public exchange of the topology."),
+            ));
+        }
+    }
+    if !client.may_publish_to(exchange) {
+        return Err(ApiError::forbidden(format!(
+            "Client `{}` may not publish to `{exchange}`.",
+            client.name
+        )));
+    }
+    Ok(())
+}
+
+/// 429 with `Retry-After` when a bucket of the topology's rate limits is empty (counted).
+fn check_rate_limit(
+    state: &AppState,
+    publishing: &Publishing,
+    client: &Client,
+    exchange: &str,
+) -> Result<(), ApiError> {
+    let Err(wait) = publishing.limits.check(&client.name, exchange) else {
+        return Ok(());
+    };
+    state
+        .metrics
+        .rate_limited_total
+        .with_label_values(&[client.name.as_str()])
+        .inc();
+    count(state, exchange, ErrorCode::RateLimited.as_str());
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    Err(ApiError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "Rate limit reached for `{}` on `{exchange}`; retry in {seconds} s.",
+            client.name
+        ),
+    )
+    .with_retry_after(seconds))
+}
+
+/// The message as it goes to the broker (envelope completed, id given), and the 201 body.
+fn outgoing(state: &AppState, client: &Client, input: PublishInput) -> Result<(Arc<OutgoingMessage>, Value), ApiError> {
     let message_id = input.message_id.clone().unwrap_or_else(new_message_id);
     let envelope = complete_envelope(input.message, &client.name);
     let payload = bytes::Bytes::from(serde_json::to_vec(&envelope).expect("a JSON map serializes"));
     if payload.len() > state.settings.app.max_body_bytes {
-        return Prepared::Answered(Err(too_large(state.settings.app.max_body_bytes)));
+        return Err(too_large(state.settings.app.max_body_bytes));
     }
     let mut headers: Vec<_> = input
         .headers
@@ -328,7 +388,7 @@ async fn prepare<'a>(
         message_id,
         headers,
     });
-    Prepared::Ready { message, ticket, body }
+    Ok((message, body))
 }
 
 /// A UUIDv7: time-ordered, so message_logs' unique index grows at its end instead of at random
@@ -420,7 +480,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 415, body = ErrorBody, description = "unsupported_media_type"),
         (status = 422, body = ErrorBody, description = "validation_failed, unknown_exchange, unroutable"),
         (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After"),
-        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable; database_unavailable for a request with an idempotency key"),
+        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable"),
     ))]
 pub async fn publish(
     State(state): State<AppState>,

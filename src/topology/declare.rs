@@ -13,6 +13,8 @@ use lapin::{
 };
 
 use super::model::{ArgValue, Binding, Exchange, ExchangeKind, Queue, Topology};
+use futures_util::future::BoxFuture;
+
 use crate::amqp::calls::{CallError, ThrowawayChannel};
 
 /// Bound on each declaration: a broker under an alarm can stall a channel forever.
@@ -174,12 +176,7 @@ impl Declarer<'_> {
             passive: true,
             ..Default::default()
         };
-        let call = |channel: Channel| async move {
-            channel
-                .exchange_declare(exchange.name.as_str().into(), lapin_kind(exchange.kind), options, FieldTable::default())
-                .await
-        };
-        Ok(self.attempt(call).await?.is_ok())
+        Ok(self.attempt(declare_exchange(exchange, options)).await?.is_ok())
     }
 
     async fn queue_exists(&mut self, name: &str) -> Result<bool, CallError> {
@@ -187,7 +184,8 @@ impl Declarer<'_> {
             passive: true,
             ..Default::default()
         };
-        let call = |channel: Channel| async move { channel.queue_declare(name.into(), options, FieldTable::default()).await };
+        let call =
+            |channel: Channel| async move { channel.queue_declare(name.into(), options, FieldTable::default()).await };
         Ok(self.attempt(call).await?.is_ok())
     }
 
@@ -203,12 +201,7 @@ impl Declarer<'_> {
             internal: exchange.internal,
             nowait: false,
         };
-        let call = |channel: Channel| async move {
-            channel
-                .exchange_declare(exchange.name.as_str().into(), lapin_kind(exchange.kind), options, FieldTable::default())
-                .await
-        };
-        let outcome = outcome(self.attempt(call).await?, existed);
+        let outcome = outcome(self.attempt(declare_exchange(exchange, options)).await?, existed);
         self.record(EntityKind::Exchange, &exchange.name, outcome);
         Ok(())
     }
@@ -252,6 +245,27 @@ impl Declarer<'_> {
         let name = format!("{} -> {} ({:?})", binding.exchange, binding.queue, binding.routing_key);
         self.record(EntityKind::Binding, &name, outcome);
         Ok(())
+    }
+}
+
+/// `exchange.declare` of `exchange` with `options`, as a call for [`Declarer::attempt`].
+// The lifetime cannot be elided inside the `FnOnce` output (clippy suggests it wrongly).
+#[allow(clippy::needless_lifetimes)]
+fn declare_exchange<'a>(
+    exchange: &'a Exchange,
+    options: ExchangeDeclareOptions,
+) -> impl FnOnce(Channel) -> BoxFuture<'a, lapin::Result<()>> {
+    move |channel: Channel| {
+        Box::pin(async move {
+            channel
+                .exchange_declare(
+                    exchange.name.as_str().into(),
+                    lapin_kind(exchange.kind),
+                    options,
+                    FieldTable::default(),
+                )
+                .await
+        })
     }
 }
 

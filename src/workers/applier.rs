@@ -8,12 +8,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::Worker;
 use crate::{
     amqp::{
         connection::{Link, LinkReceiver, wait_for_link},
         management::ManagementClient,
     },
     metrics::Metrics,
+    shared::Shared,
     topology::{
         Topology,
         declare::{self, Probe},
@@ -44,34 +46,64 @@ pub fn state_channel() -> (watch::Sender<TopologyState>, watch::Receiver<Topolog
     watch::channel(TopologyState::Pending)
 }
 
-/// The role's loop: one step per connection generation, again every 30 s while it failed.
-pub async fn run(
+/// The applier (or, in `Verify` mode, the verifier of processes without the role).
+#[derive(Clone)]
+pub struct Applier {
     mode: Mode,
     topology: Arc<Topology>,
     management: ManagementClient,
-    mut link: LinkReceiver,
+    link: LinkReceiver,
     state: watch::Sender<TopologyState>,
     metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    loop {
-        state.send_replace(TopologyState::Pending);
-        metrics.topology_applied.set(0);
-        let Some(current) = wait_for_link(&mut link, &cancel).await else {
-            return Ok(());
-        };
-        link.mark_unchanged();
-        let outcome = apply(mode, &current, &topology, &management).await;
-        let failed = matches!(outcome, TopologyState::Failed { .. });
-        metrics
-            .topology_applied
-            .set(i64::from(matches!(outcome, TopologyState::Applied { .. })));
-        state.send_replace(outcome);
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            // A new connection (or its loss) means declaring again.
-            _ = link.changed() => {}
-            _ = tokio::time::sleep(RETRY_FAILED_EVERY), if failed => {}
+}
+
+impl Applier {
+    pub fn new(shared: &Shared, mode: Mode) -> Self {
+        Self {
+            mode,
+            topology: shared.topology.clone(),
+            management: shared.management.clone(),
+            link: shared.link.clone(),
+            state: shared.topology_state.clone(),
+            metrics: shared.metrics.clone(),
+        }
+    }
+
+    /// The step: declares (or verifies) on this connection and says how it went.
+    pub async fn step(&self, link: &Link) -> TopologyState {
+        apply(self.mode, link, &self.topology, &self.management).await
+    }
+}
+
+impl Worker for Applier {
+    fn name(&self) -> &'static str {
+        match self.mode {
+            Mode::Declare => "applier",
+            Mode::Verify => "topology-verifier",
+        }
+    }
+
+    /// One step per connection generation, again every 30 s while it failed.
+    async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            self.state.send_replace(TopologyState::Pending);
+            self.metrics.topology_applied.set(0);
+            let Some(current) = wait_for_link(&mut self.link, &cancel).await else {
+                return Ok(());
+            };
+            self.link.mark_unchanged();
+            let outcome = self.step(&current).await;
+            let failed = matches!(outcome, TopologyState::Failed { .. });
+            self.metrics
+                .topology_applied
+                .set(i64::from(matches!(outcome, TopologyState::Applied { .. })));
+            self.state.send_replace(outcome);
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                // A new connection (or its loss) means declaring again.
+                _ = self.link.changed() => {}
+                _ = tokio::time::sleep(RETRY_FAILED_EVERY), if failed => {}
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    backoff::Backoff,
+    backoff::{Backoff, retry_until_ok},
     metrics::Metrics,
     store::message_logs::{self, NewMessageLog},
 };
@@ -50,13 +50,15 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let received = tokio::select! {
             _ = cancel.cancelled() => {
                 rx.close();
                 while rx.recv_many(&mut batch, BATCH).await > 0 {
-                    write(&pool, &mut batch, &metrics).await.ok();
+                    if message_logs::insert_batch(&pool, &batch).await.is_ok() {
+                        written_out(&mut batch, &metrics);
+                    }
+                    batch.clear();
                 }
                 return;
             }
@@ -75,31 +77,29 @@ pub async fn run(
             }
         }
         // Hold the batch until it is written: retried with backoff while the database is down.
-        while let Err(err) = write(&pool, &mut batch, &metrics).await {
-            let delay = backoff.next_delay();
-            if backoff.attempts() == 1 {
-                warn!(error = %err, rows = batch.len(), "Cannot write the audit log; holding rows and retrying.");
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let rows = batch.len();
+        let written = retry_until_ok(
+            backoff,
+            &cancel,
+            || message_logs::insert_batch(&pool, &batch),
+            |err, _| {
+                warn!(error = %err, rows, "Cannot write the audit log; holding rows and retrying.");
+            },
+        )
+        .await;
+        match written {
+            None => return,
+            Some((_, failures)) if failures > 0 => info!("Audit log writable again."),
+            Some(_) => {}
         }
-        if backoff.attempts() > 0 {
-            info!("Audit log writable again.");
-            backoff.reset();
-        }
+        written_out(&mut batch, &metrics);
     }
 }
 
-async fn write(
-    pool: &MySqlPool,
-    batch: &mut Vec<NewMessageLog>,
-    metrics: &Metrics,
-) -> Result<(), crate::store::StoreError> {
-    message_logs::insert_batch(pool, batch).await?;
+/// Counts a written batch and empties it for the next one.
+fn written_out(batch: &mut Vec<NewMessageLog>, metrics: &Metrics) {
     metrics.audit_written_total.inc_by(batch.len() as u64);
     metrics.audit_backlog.sub(batch.len() as i64);
     batch.clear();
-    Ok(())
 }

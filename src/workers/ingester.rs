@@ -19,22 +19,20 @@ use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{applier::TopologyState, retrier};
+use super::{Worker, applier::TopologyState};
 use crate::{
     amqp::{
         connection::{Link, LinkReceiver, wait_for_link},
         headers,
     },
-    backoff::Backoff,
+    backoff::{Backoff, retry_until_ok},
     metrics::Metrics,
+    retry::{self, RETRY_COUNT_HEADER},
     settings::Settings,
+    shared::Shared,
     store::failed_messages::{self, NewFailedMessage, PayloadEncoding, Status},
     topology::{QueueRole, Topology},
 };
-
-/// Header our retrier sets on republished messages: how many retries produced this copy.
-/// RabbitMQ >= 3.13 owns `x-` headers (and x-death counts), so the count is ours.
-pub const RETRY_COUNT_HEADER: &str = "mb-retry-count";
 
 /// Headers a failing consumer may set to say why (the first one present is used).
 const ERROR_HEADERS: [&str; 4] = ["x-error", "x-exception-message", "error", "error_message"];
@@ -50,75 +48,130 @@ pub struct Ingester {
     pub db_migrated: watch::Receiver<bool>,
 }
 
+/// One dead-letter queue and the queue whose dead letters it holds.
+#[derive(Debug, Clone)]
+pub struct DeadLetterQueue {
+    pub dlq: String,
+    pub source_queue: String,
+}
+
 impl Ingester {
-    /// The role's loop: per connection, one consumer task per dead-letter queue.
-    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        loop {
-            let Some(link) = wait_for_link(&mut self.link, &cancel).await else {
-                return Ok(());
-            };
-            // Consumers start once the queues exist and rows can be written.
-            let mut applied = self.topology_state.clone();
-            let mut migrated = self.db_migrated.clone();
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = self.link.changed() => continue,
-                ready = async {
-                    applied.wait_for(|s| matches!(s, TopologyState::Applied { .. })).await.is_ok()
-                        && migrated.wait_for(|m| *m).await.is_ok()
-                } => if !ready { return Ok(()) },
-            }
-            self.link.mark_unchanged();
-            let session = cancel.child_token();
-            let mut consumers = JoinSet::new();
-            for queue in self.topology.dead_letter_queues() {
-                let QueueRole::DeadLetter { source_queue } = &queue.role else {
-                    continue;
-                };
-                let worker = QueueIngester {
-                    ingester: self.clone(),
-                    dlq: queue.name.clone(),
-                    source_queue: source_queue.clone(),
-                };
-                let (link, session) = (link.clone(), session.clone());
-                consumers.spawn(async move { worker.consume(&link, &session).await });
-            }
-            info!(
-                queues = consumers.len(),
-                generation = link.generation,
-                "Ingesting dead letters."
-            );
-            let failure = tokio::select! {
-                _ = cancel.cancelled() => None,
-                _ = self.link.changed() => None,
-                Some(result) = consumers.join_next() => match result {
-                    Ok(Err(err)) => Some(err),
-                    Ok(Ok(())) => None,
-                    Err(panic) => Some(anyhow::anyhow!("a dead-letter consumer panicked: {panic}")),
-                },
-            };
-            session.cancel();
-            while consumers.join_next().await.is_some() {}
-            if let Some(err) = failure {
-                // The supervisor logs it and restarts the role with backoff.
-                return Err(err);
-            }
-            if cancel.is_cancelled() {
-                return Ok(());
-            }
+    pub fn new(shared: &Shared) -> Self {
+        Self {
+            settings: shared.settings.clone(),
+            topology: shared.topology.clone(),
+            pool: shared.pool.clone(),
+            metrics: shared.metrics.clone(),
+            link: shared.link.clone(),
+            topology_state: shared.topology_state.subscribe(),
+            db_migrated: shared.db_migrated.clone(),
         }
     }
-}
 
-struct QueueIngester {
-    ingester: Ingester,
-    dlq: String,
-    source_queue: String,
-}
+    /// The step: stores a batch of dead letters of `queue` (retrying while the database is
+    /// down), then acks them all at once. `false` if cancelled first: nothing acked, the broker
+    /// redelivers them.
+    pub async fn ingest_batch(
+        &self,
+        queue: &DeadLetterQueue,
+        channel: &Channel,
+        batch: &[Delivery],
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let Some(last) = batch.last() else {
+            return Ok(true);
+        };
+        let now = Utc::now();
+        let rows: Vec<NewFailedMessage> = batch
+            .iter()
+            .map(|d| dead_letter_row(d, &queue.source_queue, &self.settings, now))
+            .collect();
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let stored = retry_until_ok(
+            backoff,
+            cancel,
+            || failed_messages::upsert_batch(&self.pool, &rows),
+            |err, _| warn!(queue = %queue.dlq, rows = rows.len(), error = %err, "Cannot store dead letters; holding them unacked and retrying."),
+        )
+        .await;
+        match stored {
+            None => return Ok(false),
+            Some((_, failures)) if failures > 0 => {
+                info!(queue = %queue.dlq, rows = rows.len(), "Database back: held dead letters stored.");
+            }
+            Some(_) => {}
+        }
+        // One ack for the whole batch: tags on this channel only grow, and all are stored.
+        channel
+            .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .await?;
+        let exhausted = rows.iter().filter(|r| r.status == Status::Failed).count();
+        if exhausted > 0 {
+            self.metrics
+                .retries_total
+                .with_label_values(&["exhausted"])
+                .inc_by(exhausted as u64);
+        }
+        self.metrics
+            .dead_letters_ingested_total
+            .with_label_values(&[queue.dlq.as_str()])
+            .inc_by(batch.len() as u64);
+        Ok(true)
+    }
 
-impl QueueIngester {
-    async fn consume(&self, link: &Link, session: &CancellationToken) -> anyhow::Result<()> {
-        let prefetch = self.ingester.settings.ingest.prefetch;
+    /// Consumers start once the queues exist and rows can be written. `Some(false)`: the link
+    /// changed meanwhile; `None`: stop (cancelled, or the state's sender is gone).
+    async fn wait_until_ready(&mut self, cancel: &CancellationToken) -> Option<bool> {
+        let mut applied = self.topology_state.clone();
+        let mut migrated = self.db_migrated.clone();
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            _ = self.link.changed() => Some(false),
+            ready = async {
+                applied.wait_for(|s| matches!(s, TopologyState::Applied { .. })).await.is_ok()
+                    && migrated.wait_for(|m| *m).await.is_ok()
+            } => ready.then_some(true),
+        }
+    }
+
+    /// Consumes every dead-letter queue on `link` until the link changes, a consumer fails or
+    /// `cancel` fires.
+    async fn ingest_on(&mut self, link: &Link, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let session = cancel.child_token();
+        let mut consumers = JoinSet::new();
+        for queue in self.topology.dead_letter_queues() {
+            let QueueRole::DeadLetter { source_queue } = &queue.role else {
+                continue;
+            };
+            let queue = DeadLetterQueue {
+                dlq: queue.name.clone(),
+                source_queue: source_queue.clone(),
+            };
+            let (ingester, link, session) = (self.clone(), link.clone(), session.clone());
+            consumers.spawn(async move { ingester.consume(&queue, &link, &session).await });
+        }
+        info!(
+            queues = consumers.len(),
+            generation = link.generation,
+            "Ingesting dead letters."
+        );
+        let failure = tokio::select! {
+            _ = cancel.cancelled() => None,
+            _ = self.link.changed() => None,
+            Some(result) = consumers.join_next() => match result {
+                Ok(Err(err)) => Some(err),
+                Ok(Ok(())) => None,
+                Err(panic) => Some(anyhow::anyhow!("a dead-letter consumer panicked: {panic}")),
+            },
+        };
+        session.cancel();
+        while consumers.join_next().await.is_some() {}
+        // The supervisor logs a failure and restarts the role with backoff.
+        failure.map_or(Ok(()), Err)
+    }
+
+    async fn consume(&self, queue: &DeadLetterQueue, link: &Link, session: &CancellationToken) -> anyhow::Result<()> {
+        let prefetch = self.settings.ingest.prefetch;
         let channel = link.connection.create_channel().await?;
         // Twice the batch in flight: the next batch arrives while the previous one is written.
         channel
@@ -126,26 +179,26 @@ impl QueueIngester {
             .await?;
         let consumer = channel
             .basic_consume(
-                self.dlq.as_str().into(),
-                format!("messages-broker-ingester/{}", self.dlq).as_str().into(),
+                queue.dlq.as_str().into(),
+                format!("messages-broker-ingester/{}", queue.dlq).as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        let result = self.batches(&channel, consumer, session).await;
+        let result = self.batches(queue, &channel, consumer, session).await;
         let _ = channel.close(200, "ingester stopping".into()).await;
         result
     }
 
-    /// Collects a batch (up to the prefetch, or what came within the linger), stores it, acks it.
+    /// Collects a batch (up to the prefetch, or what came within the linger) and ingests it.
     async fn batches(
         &self,
+        queue: &DeadLetterQueue,
         channel: &Channel,
         mut consumer: Consumer,
         session: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let settings = &self.ingester.settings;
-        let max = usize::from(settings.ingest.prefetch);
+        let max = usize::from(self.settings.ingest.prefetch);
         loop {
             let first = tokio::select! {
                 _ = session.cancelled() => return Ok(()),
@@ -155,7 +208,7 @@ impl QueueIngester {
                 },
             };
             let mut batch = vec![first];
-            let linger = tokio::time::sleep(settings.ingest.batch_linger);
+            let linger = tokio::time::sleep(self.settings.ingest.batch_linger);
             tokio::pin!(linger);
             while batch.len() < max {
                 tokio::select! {
@@ -166,57 +219,33 @@ impl QueueIngester {
                     },
                 }
             }
-            if !self.store(&batch, session).await {
+            if !self.ingest_batch(queue, channel, &batch, session).await? {
                 return Ok(()); // cancelled while the database was down: unacked, so requeued
             }
-            let last = batch.last().expect("a batch has at least one delivery");
-            // One ack for the whole batch: tags on this channel only grow, and all are stored.
-            channel
-                .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
-                .await?;
-            self.ingester
-                .metrics
-                .dead_letters_ingested_total
-                .with_label_values(&[self.dlq.as_str()])
-                .inc_by(batch.len() as u64);
         }
     }
+}
 
-    /// Writes the batch, retrying while the database is unavailable. `false` if cancelled.
-    async fn store(&self, batch: &[Delivery], session: &CancellationToken) -> bool {
-        let settings = &self.ingester.settings;
-        let now = Utc::now();
-        let rows: Vec<NewFailedMessage> = batch
-            .iter()
-            .map(|d| dead_letter_row(d, &self.source_queue, settings, now))
-            .collect();
-        let exhausted = rows.iter().filter(|r| r.status == Status::Failed).count();
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+impl Worker for Ingester {
+    fn name(&self) -> &'static str {
+        "ingester"
+    }
+
+    /// Per connection, one consumer task per dead-letter queue.
+    async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         loop {
-            match failed_messages::upsert_batch(&self.ingester.pool, &rows).await {
-                Ok(()) => {
-                    if backoff.attempts() > 0 {
-                        info!(queue = %self.dlq, rows = rows.len(), "Database back: held dead letters stored.");
-                    }
-                    if exhausted > 0 {
-                        self.ingester
-                            .metrics
-                            .retries_total
-                            .with_label_values(&["exhausted"])
-                            .inc_by(exhausted as u64);
-                    }
-                    return true;
-                }
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    if backoff.attempts() == 1 {
-                        warn!(queue = %self.dlq, rows = rows.len(), error = %err, "Cannot store dead letters; holding them unacked and retrying.");
-                    }
-                    tokio::select! {
-                        _ = session.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
+            let Some(link) = wait_for_link(&mut self.link, &cancel).await else {
+                return Ok(());
+            };
+            match self.wait_until_ready(&cancel).await {
+                None => return Ok(()),
+                Some(false) => continue,
+                Some(true) => {}
+            }
+            self.link.mark_unchanged();
+            self.ingest_on(&link, &cancel).await?;
+            if cancel.is_cancelled() {
+                return Ok(());
             }
         }
     }
@@ -252,55 +281,133 @@ pub fn dead_letter_row_from(
 ) -> NewFailedMessage {
     let empty = FieldTable::default();
     let table = properties.headers().as_ref().unwrap_or(&empty);
-    let header = |name: &str| table.inner().get(name);
-    let text = |value: Option<&AMQPValue>| value.map(headers::to_json).and_then(|v| v.as_str().map(str::to_owned));
-
-    // x-death lists deaths most recent first; the one from our source queue says where it came from.
-    let deaths: Vec<&FieldTable> = match header("x-death") {
-        Some(AMQPValue::FieldArray(items)) => items
-            .as_slice()
-            .iter()
-            .filter_map(|v| match v {
-                AMQPValue::FieldTable(t) => Some(t),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let death = deaths
-        .iter()
-        .find(|d| text(d.inner().get("queue")).as_deref() == Some(source_queue))
-        .or_else(|| deaths.first())
-        .copied();
-    let death_field = |name: &str| death.and_then(|d| d.inner().get(name));
-    let exchange = text(death_field("exchange"))
-        .or_else(|| text(header("x-first-death-exchange")))
-        .unwrap_or_else(|| delivery_exchange.to_owned());
-    let routing_key = match death_field("routing-keys") {
-        Some(AMQPValue::FieldArray(keys)) => keys.as_slice().first().and_then(|k| text(Some(k))),
-        _ => None,
-    }
-    .unwrap_or_else(|| delivery_routing_key.to_owned());
-    let queue = text(death_field("queue")).unwrap_or_else(|| source_queue.to_owned());
-    let reason = text(death_field("reason"))
-        .or_else(|| text(header("x-first-death-reason")))
-        .unwrap_or_else(|| "dead-lettered".into());
-    let count = death_field("count")
-        .map(headers::to_json)
-        .and_then(|v| v.as_i64())
-        .unwrap_or(1);
-    let failed_at = match death_field("time") {
-        Some(AMQPValue::Timestamp(t)) => DateTime::from_timestamp(*t as i64, 0).unwrap_or(now),
-        _ => now,
-    };
-    let failed_at = failed_at.min(now);
-    let mut error_message = format!("{reason} in {queue} (death count {count})");
-    if let Some(why) = ERROR_HEADERS.iter().find_map(|h| text(header(h))) {
+    let death = Death::read(table, source_queue, delivery_exchange, delivery_routing_key, now);
+    let mut error_message = format!("{} in {} (death count {})", death.reason, death.queue, death.count);
+    if let Some(why) = ERROR_HEADERS.iter().find_map(|h| text(table.inner().get(*h))) {
         error_message.push_str(": ");
         error_message.push_str(&why);
     }
+    let (payload, payload_encoding) = stored_payload(body);
+    let retry_count = table
+        .inner()
+        .get(RETRY_COUNT_HEADER)
+        .map(headers::to_json)
+        .and_then(|v| v.as_u64())
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    let max_retries = settings.max_retries();
+    // Poison: the broker itself dead-lettered it again and again in a short time (a consumer
+    // that crashes on it and requeues, a dead-letter cycle). Retrying would only feed the loop.
+    let first_death_age = (now - death.failed_at).to_std().unwrap_or_default();
+    let poison =
+        death.count >= i64::from(settings.ingest.poison_deaths) && first_death_age <= settings.ingest.poison_window;
+    if poison {
+        error_message = format!(
+            "poison: dead-lettered {} times from {} within {}s; {error_message}",
+            death.count,
+            death.queue,
+            first_death_age.as_secs()
+        );
+    }
+    let (status, next_retry_at) = retry::decide(&retry::schedule(settings), retry_count, max_retries, poison, now);
+    let message_id = properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| derived_message_id(&death, body));
+    NewFailedMessage {
+        message_id,
+        exchange: death.exchange,
+        routing_key: death.routing_key,
+        queue: death.queue,
+        payload,
+        payload_encoding,
+        headers: headers::table_to_json(table).to_string(),
+        death_history: death.history,
+        error_message,
+        retry_count,
+        max_retries,
+        status,
+        failed_at: death.failed_at,
+        next_retry_at,
+    }
+}
 
-    let (payload, payload_encoding) = match serde_json::from_slice::<serde_json::Value>(body) {
+/// A header's value as text, when it is one.
+fn text(value: Option<&AMQPValue>) -> Option<String> {
+    value.map(headers::to_json).and_then(|v| v.as_str().map(str::to_owned))
+}
+
+/// Where and why a message died, from its `x-death` headers (the delivery's own exchange and
+/// routing key when the broker gave none).
+struct Death {
+    exchange: String,
+    routing_key: String,
+    queue: String,
+    reason: String,
+    count: i64,
+    failed_at: DateTime<Utc>,
+    /// Every death, as JSON text.
+    history: String,
+}
+
+impl Death {
+    fn read(
+        table: &FieldTable,
+        source_queue: &str,
+        delivery_exchange: &str,
+        delivery_routing_key: &str,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let header = |name: &str| table.inner().get(name);
+        // x-death lists deaths most recent first; the one from our source queue says where it came from.
+        let deaths: Vec<&FieldTable> = match header("x-death") {
+            Some(AMQPValue::FieldArray(items)) => items
+                .as_slice()
+                .iter()
+                .filter_map(|v| match v {
+                    AMQPValue::FieldTable(t) => Some(t),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let death = deaths
+            .iter()
+            .find(|d| text(d.inner().get("queue")).as_deref() == Some(source_queue))
+            .or_else(|| deaths.first())
+            .copied();
+        let field = |name: &str| death.and_then(|d| d.inner().get(name));
+        let routing_key = match field("routing-keys") {
+            Some(AMQPValue::FieldArray(keys)) => keys.as_slice().first().and_then(|k| text(Some(k))),
+            _ => None,
+        };
+        let failed_at = match field("time") {
+            Some(AMQPValue::Timestamp(t)) => DateTime::from_timestamp(*t as i64, 0).unwrap_or(now),
+            _ => now,
+        };
+        Self {
+            exchange: text(field("exchange"))
+                .or_else(|| text(header("x-first-death-exchange")))
+                .unwrap_or_else(|| delivery_exchange.to_owned()),
+            routing_key: routing_key.unwrap_or_else(|| delivery_routing_key.to_owned()),
+            queue: text(field("queue")).unwrap_or_else(|| source_queue.to_owned()),
+            reason: text(field("reason"))
+                .or_else(|| text(header("x-first-death-reason")))
+                .unwrap_or_else(|| "dead-lettered".into()),
+            count: field("count")
+                .map(headers::to_json)
+                .and_then(|v| v.as_i64())
+                .unwrap_or(1),
+            failed_at: failed_at.min(now),
+            history: serde_json::Value::Array(deaths.iter().map(|d| headers::table_to_json(d)).collect()).to_string(),
+        }
+    }
+}
+
+/// The body as stored: JSON as JSON; other bodies losslessly as a JSON string (text or base64).
+fn stored_payload(body: &[u8]) -> (String, PayloadEncoding) {
+    match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(json) => (json.to_string(), PayloadEncoding::Json),
         Err(_) => match std::str::from_utf8(body) {
             Ok(text) => (serde_json::Value::from(text).to_string(), PayloadEncoding::Text),
@@ -309,65 +416,19 @@ pub fn dead_letter_row_from(
                 PayloadEncoding::Base64,
             ),
         },
-    };
-    let retry_count = header(RETRY_COUNT_HEADER)
-        .map(headers::to_json)
-        .and_then(|v| v.as_u64())
-        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
-    let max_retries = settings.max_retries();
-    // Poison: the broker itself dead-lettered it again and again in a short time (a consumer
-    // that crashes on it and requeues, a dead-letter cycle). Retrying would only feed the loop.
-    let first_death_age = (now - failed_at).to_std().unwrap_or_default();
-    let poison = count >= i64::from(settings.ingest.poison_deaths) && first_death_age <= settings.ingest.poison_window;
-    if poison {
-        error_message = format!(
-            "poison: dead-lettered {count} times from {queue} within {}s; {error_message}",
-            first_death_age.as_secs()
-        );
-    }
-    let (status, next_retry_at) = if retry_count >= max_retries || poison {
-        (Status::Failed, None)
-    } else {
-        let delay = retrier::retry_delay(&settings.backoff(), retry_count);
-        (
-            Status::Pending,
-            Some(now + chrono::Duration::from_std(delay).unwrap_or_default()),
-        )
-    };
-    let message_id = properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned())
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| derived_message_id(&exchange, &routing_key, &queue, failed_at, body));
-    NewFailedMessage {
-        message_id,
-        exchange,
-        routing_key,
-        queue,
-        payload,
-        payload_encoding,
-        headers: headers::table_to_json(table).to_string(),
-        death_history: serde_json::Value::Array(deaths.iter().map(|d| headers::table_to_json(d)).collect()).to_string(),
-        error_message,
-        retry_count,
-        max_retries,
-        status,
-        failed_at,
-        next_retry_at,
     }
 }
 
 /// A message published without a message_id still gets a stable identity, so a redelivery of
 /// the same dead letter lands on the same row.
-fn derived_message_id(exchange: &str, routing_key: &str, queue: &str, failed_at: DateTime<Utc>, body: &[u8]) -> String {
+fn derived_message_id(death: &Death, body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     for part in [
-        exchange.as_bytes(),
-        routing_key.as_bytes(),
-        queue.as_bytes(),
-        failed_at.to_rfc3339().as_bytes(),
+        death.exchange.as_bytes(),
+        death.routing_key.as_bytes(),
+        death.queue.as_bytes(),
+        death.failed_at.to_rfc3339().as_bytes(),
         body,
     ] {
         hash.update((part.len() as u64).to_le_bytes());

@@ -1,11 +1,14 @@
-//! Roles and their supervisor. Each role is a named, supervised task: a failure or a panic is
-//! logged with its reason and the role restarts with backoff; cancellation stops it for good.
+//! Roles and their supervisor. Every role has one shape: `new(&Shared)` takes what it needs from
+//! the parts every role shares, a public step that tests drive, and [`Worker::run`], the loop. Each
+//! runs as a named, supervised task: a failure or a panic is logged with its reason and the role
+//! restarts with backoff; cancellation stops it for good.
 
 pub mod applier;
 pub mod audit;
 pub mod ingester;
 pub mod retrier;
 pub mod stats;
+pub mod ticker;
 
 use std::{
     collections::BTreeSet,
@@ -71,6 +74,15 @@ impl FromStr for Role {
     }
 }
 
+/// A role's loop, restartable: the supervisor runs a fresh clone after each failure.
+pub trait Worker: Clone + Send + Sync + 'static {
+    /// The task's name in logs, spans and `messages_broker_role_restarts_total`.
+    fn name(&self) -> &'static str;
+
+    /// Runs until `cancel` fires; an `Err` (or a panic) makes the supervisor restart it.
+    fn run(self, cancel: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
 /// Spawns named tasks, restarts failed ones and knows who is still running at shutdown.
 #[derive(Clone)]
 pub struct Supervisor {
@@ -132,6 +144,13 @@ impl Supervisor {
             }
             .instrument(span),
         );
+    }
+
+    /// Runs `worker` supervised until `cancel` fires.
+    pub fn spawn_worker<W: Worker>(&self, worker: W, cancel: CancellationToken) {
+        let name = worker.name();
+        let stop = cancel.clone();
+        self.spawn_supervised(name, cancel, move || worker.clone().run(stop.clone()));
     }
 
     /// Spawns a tracked task whose name is listed while it runs.

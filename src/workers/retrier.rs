@@ -4,23 +4,24 @@
 //! comes back through its dead-letter queue and the ingester reopens its row with the next delay,
 //! or marks it `failed` for a person once `max_retries` is reached.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use sqlx::MySqlPool;
-use tokio::sync::{Notify, watch};
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::ingester::RETRY_COUNT_HEADER;
+use super::{Worker, ticker::Ticker};
 use crate::{
     amqp::{
         headers,
         publisher::{OutgoingMessage, PublishOutcome, Publisher},
     },
     metrics::Metrics,
+    retry::{self, RETRY_COUNT_HEADER},
     settings::Settings,
+    shared::Shared,
     store::{
         StoreError,
         failed_messages::{self, ClaimRefusal, Claimed, FailedMessage, PayloadEncoding},
@@ -29,17 +30,6 @@ use crate::{
 
 /// Rows claimed per round; a scan runs rounds until fewer come back.
 const CLAIM_LIMIT: u32 = 200;
-
-/// The delay before retry `retry_count + 1`: the schedule's step (the last one repeats), with
-/// +-10% jitter so a burst of failures does not come back as a burst.
-pub fn retry_delay(backoff: &[Duration], retry_count: u32) -> Duration {
-    let step = backoff
-        .get(retry_count as usize)
-        .or(backoff.last())
-        .copied()
-        .unwrap_or(Duration::from_secs(60));
-    step.mul_f64(0.9 + fastrand::f64() * 0.2)
-}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RetryReport {
@@ -54,9 +44,20 @@ pub struct Retrier {
     pub pool: MySqlPool,
     pub publisher: Publisher,
     pub metrics: Arc<Metrics>,
+    pub db_migrated: watch::Receiver<bool>,
 }
 
 impl Retrier {
+    pub fn new(shared: &Shared) -> Self {
+        Self {
+            settings: shared.settings.clone(),
+            pool: shared.pool.clone(),
+            publisher: shared.publisher(),
+            metrics: shared.metrics.clone(),
+            db_migrated: shared.db_migrated.clone(),
+        }
+    }
+
     /// One step: claims one round of due rows, republishes them, records each outcome.
     pub async fn retry_due(&self) -> Result<RetryReport, StoreError> {
         self.retry_due_up_to(CLAIM_LIMIT).await
@@ -93,7 +94,7 @@ impl Retrier {
         }
         let messages = claimed.iter().map(|row| Arc::new(republished(row))).collect();
         let outcomes = self.publisher.publish_many(messages).await;
-        let backoff = self.settings.backoff();
+        let schedule = retry::schedule(&self.settings);
         for (row, outcome) in claimed.iter().zip(outcomes) {
             if outcome == PublishOutcome::Confirmed {
                 failed_messages::mark_resolved(&self.pool, row).await?;
@@ -101,7 +102,7 @@ impl Retrier {
                 report.resolved += 1;
             } else {
                 // Not on the broker: this attempt did not happen; wait the next step's delay.
-                let delay = retry_delay(&backoff, row.retry_count);
+                let delay = retry::delay(&schedule, row.retry_count);
                 failed_messages::release(&self.pool, row, delay).await?;
                 self.metrics
                     .retries_total
@@ -114,57 +115,53 @@ impl Retrier {
         Ok(report)
     }
 
-    /// The role's loop: the scheduler ticks every `retry.scan_interval`, each tick runs rounds
-    /// until the due rows are done. Ticks that come while a scan runs are merged into one.
-    pub async fn run(self, mut db_migrated: watch::Receiver<bool>, cancel: CancellationToken) -> anyhow::Result<()> {
+    /// Runs rounds until the due rows are done (or a round fails: the next tick tries again).
+    async fn scan(&self, cancel: &CancellationToken) {
+        loop {
+            match self.retry_due().await {
+                Ok(report) if report.claimed > 0 => {
+                    info!(
+                        claimed = report.claimed,
+                        resolved = report.resolved,
+                        released = report.released,
+                        "Retried due failed messages."
+                    );
+                    if report.claimed < CLAIM_LIMIT as usize || cancel.is_cancelled() {
+                        return;
+                    }
+                }
+                Ok(_) => return,
+                Err(err) => {
+                    warn!(error = %err, "Cannot scan for due retries; will try on the next tick.");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Worker for Retrier {
+    fn name(&self) -> &'static str {
+        "retrier"
+    }
+
+    /// A scan at start, then one per `retry.scan_interval` tick; ticks that come while a scan
+    /// runs are merged into one.
+    async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut db_migrated = self.db_migrated.clone();
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             migrated = db_migrated.wait_for(|m| *m) => { migrated?; }
         }
-        let tick = Arc::new(Notify::new());
-        let scheduler = JobScheduler::new().await?;
-        let ticker = tick.clone();
-        scheduler
-            .add(Job::new_repeated_async(
-                self.settings.retry.scan_interval,
-                move |_, _| {
-                    let ticker = ticker.clone();
-                    Box::pin(async move { ticker.notify_one() })
-                },
-            )?)
-            .await?;
-        scheduler.start().await?;
+        let mut ticker = Ticker::start(self.settings.retry.scan_interval).await?;
         info!(every = ?self.settings.retry.scan_interval, "Retrier scanning for due failed messages.");
-        tick.notify_one(); // a first scan at start
-        let result = loop {
+        loop {
+            self.scan(&cancel).await;
             tokio::select! {
-                _ = cancel.cancelled() => break Ok(()),
-                _ = tick.notified() => {}
+                _ = cancel.cancelled() => return Ok(()),
+                tick = ticker.tick() => tick?,
             }
-            loop {
-                match self.retry_due().await {
-                    Ok(report) if report.claimed > 0 => {
-                        info!(
-                            claimed = report.claimed,
-                            resolved = report.resolved,
-                            released = report.released,
-                            "Retried due failed messages."
-                        );
-                        if report.claimed < CLAIM_LIMIT as usize || cancel.is_cancelled() {
-                            break;
-                        }
-                    }
-                    Ok(_) => break,
-                    Err(err) => {
-                        warn!(error = %err, "Cannot scan for due retries; will try on the next tick.");
-                        break;
-                    }
-                }
-            }
-        };
-        let mut scheduler = scheduler;
-        scheduler.shutdown().await?;
-        result
+        }
     }
 }
 
@@ -207,20 +204,6 @@ fn republished(row: &Claimed) -> OutgoingMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_schedule_is_followed_with_jitter_and_the_last_step_repeats() {
-        let backoff = [
-            Duration::from_secs(60),
-            Duration::from_secs(300),
-            Duration::from_secs(1800),
-        ];
-        for (count, step) in [(0, 60), (1, 300), (2, 1800), (7, 1800)] {
-            let delay = retry_delay(&backoff, count).as_secs_f64();
-            let step = f64::from(step);
-            assert!(delay >= step * 0.9 && delay <= step * 1.1, "retry {count}: {delay}");
-        }
-    }
 
     #[test]
     fn a_republished_message_drops_broker_headers_and_counts_its_retry() {

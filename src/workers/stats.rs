@@ -16,16 +16,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
 use serde::Serialize;
 use sqlx::MySqlPool;
-use tokio::sync::{mpsc, watch};
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::{Worker, ticker::Ticker};
 use crate::{
     amqp::{
         calls::ThrowawayChannel,
@@ -33,6 +32,7 @@ use crate::{
         management::{ManagementClient, QueueInfo},
     },
     metrics::Metrics,
+    shared::Shared,
     store::failed_stats::{self, FailedCounts, FailedStats},
     topology::{QueueRole, Topology},
 };
@@ -293,7 +293,8 @@ async fn passive_declares(
     };
     for queue in &topology.queues {
         let name = queue.name.as_str();
-        let declare = |channel: Channel| async move { channel.queue_declare(name.into(), options, FieldTable::default()).await };
+        let declare =
+            |channel: Channel| async move { channel.queue_declare(name.into(), options, FieldTable::default()).await };
         match channel.call(declare).await {
             Ok(found) => {
                 let ready = u64::from(found.message_count());
@@ -426,19 +427,44 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The role: a poll at once (so the API has figures quickly), then one per tick until `cancel`.
-    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub fn new(shared: &Shared) -> Self {
+        Self {
+            management: shared.management.clone(),
+            link: shared.link.clone(),
+            topology: shared.topology.clone(),
+            pool: Some(shared.pool.clone()),
+            db_migrated: shared.db_migrated.clone(),
+            metrics: shared.metrics.clone(),
+            snapshot: shared.stats.clone(),
+            interval: shared.settings.stats.interval,
+        }
+    }
+
+    /// The step: one poll of the broker (and the failed counts, once migrated) as it is now.
+    pub async fn step(&self) -> Snapshot {
+        let current = self.link.borrow().clone();
+        let pool = self.pool.as_ref().filter(|_| *self.db_migrated.borrow());
+        poll_once(&self.management, current.as_ref(), &self.topology, pool).await
+    }
+}
+
+impl Worker for Stats {
+    fn name(&self) -> &'static str {
+        "stats"
+    }
+
+    /// A poll at once (so the API has figures quickly), then one per tick until `cancel`.
+    async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut ticker = Ticker::start(self.interval).await?;
         info!(interval = ?self.interval, "Polling queue stats.");
         let mut link = self.link.clone();
         let mut gauges = Gauges::default();
         let mut previous: Option<(Source, bool)> = None;
         loop {
-            let current = link.borrow_and_update().clone();
-            let pool = self.pool.as_ref().filter(|_| *self.db_migrated.borrow());
+            link.mark_unchanged();
             let snapshot = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                snapshot = poll_once(&self.management, current.as_ref(), &self.topology, pool) => snapshot,
+                snapshot = self.step() => snapshot,
             };
             log_changes(&mut previous, &snapshot);
             gauges.record(&self.metrics, &snapshot);
@@ -492,68 +518,6 @@ fn log_changes(previous: &mut Option<(Source, bool)>, snapshot: &Snapshot) {
     }
     debug!(source = snapshot.source.as_str(), queues = snapshot.queues.len(), took = ?snapshot.took, "Queue stats polled.");
     *previous = Some(state);
-}
-
-/// The role's schedule. Whole seconds go through tokio-cron-scheduler; shorter or fractional
-/// intervals (tests) through a tokio interval, because the scheduler counts in whole seconds and
-/// looks for due jobs every 500 ms.
-enum Ticker {
-    Scheduled {
-        scheduler: JobScheduler,
-        /// One slot: ticks that come while a poll runs collapse into one, polls never overlap.
-        ticks: mpsc::Receiver<()>,
-    },
-    Interval(tokio::time::Interval),
-}
-
-impl Ticker {
-    async fn start(interval: Duration) -> anyhow::Result<Self> {
-        if interval.subsec_nanos() != 0 || interval.is_zero() {
-            let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // The first tick is immediate; the first poll is already done by then.
-            ticker.tick().await;
-            return Ok(Self::Interval(ticker));
-        }
-        let (tx, ticks) = mpsc::channel(1);
-        let job = Job::new_repeated_async(interval, move |_, _| {
-            let tx = tx.clone();
-            Box::pin(async move {
-                let _ = tx.try_send(());
-            })
-        })
-        .context("Failed to schedule the stats poll")?;
-        let scheduler = JobScheduler::new()
-            .await
-            .context("Failed to create the stats scheduler")?;
-        scheduler.add(job).await.context("Failed to schedule the stats poll")?;
-        scheduler.start().await.context("Failed to start the stats scheduler")?;
-        Ok(Self::Scheduled { scheduler, ticks })
-    }
-
-    async fn tick(&mut self) -> anyhow::Result<()> {
-        match self {
-            Self::Scheduled { ticks, .. } => ticks.recv().await.context("The stats scheduler stopped ticking"),
-            Self::Interval(interval) => {
-                interval.tick().await;
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for Ticker {
-    /// The scheduler's own task ticks until told to stop: tell it, whatever ended the role.
-    fn drop(&mut self) {
-        if let Self::Scheduled { scheduler, .. } = self
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let mut scheduler = scheduler.clone();
-            runtime.spawn(async move {
-                let _ = scheduler.shutdown().await;
-            });
-        }
-    }
 }
 
 #[cfg(test)]

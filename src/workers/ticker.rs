@@ -1,0 +1,70 @@
+//! The schedule of periodic roles (stats polls, retry scans): tokio-cron-scheduler for whole
+//! seconds, a tokio interval below. The scheduler's own task is shut down when the [`Ticker`]
+//! drops, whatever ended the role (a return, an error, a panic).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+/// A role's schedule. Whole seconds go through tokio-cron-scheduler; shorter or fractional
+/// intervals (tests) through a tokio interval, because the scheduler counts in whole seconds and
+/// looks for due jobs every 500 ms.
+pub enum Ticker {
+    Scheduled {
+        scheduler: JobScheduler,
+        /// One slot: ticks that come while a poll runs collapse into one, polls never overlap.
+        ticks: mpsc::Receiver<()>,
+    },
+    Interval(tokio::time::Interval),
+}
+
+impl Ticker {
+    pub async fn start(interval: Duration) -> anyhow::Result<Self> {
+        if interval.subsec_nanos() != 0 || interval.is_zero() {
+            let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is immediate; callers run their first step before asking for a tick.
+            ticker.tick().await;
+            return Ok(Self::Interval(ticker));
+        }
+        let (tx, ticks) = mpsc::channel(1);
+        let job = Job::new_repeated_async(interval, move |_, _| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let _ = tx.try_send(());
+            })
+        })
+        .context("Failed to schedule the job")?;
+        let scheduler = JobScheduler::new().await.context("Failed to create the scheduler")?;
+        scheduler.add(job).await.context("Failed to schedule the job")?;
+        scheduler.start().await.context("Failed to start the scheduler")?;
+        Ok(Self::Scheduled { scheduler, ticks })
+    }
+
+    /// Waits for the next tick; ticks that came while the caller worked collapse into one.
+    pub async fn tick(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Scheduled { ticks, .. } => ticks.recv().await.context("The scheduler stopped ticking"),
+            Self::Interval(interval) => {
+                interval.tick().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Ticker {
+    /// The scheduler's own task ticks until told to stop: tell it, whatever ended the role.
+    fn drop(&mut self) {
+        if let Self::Scheduled { scheduler, .. } = self
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let mut scheduler = scheduler.clone();
+            runtime.spawn(async move {
+                let _ = scheduler.shutdown().await;
+            });
+        }
+    }
+}

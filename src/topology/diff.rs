@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, fmt};
 
 use serde_json::Value;
 
-use super::model::{ArgValue, Topology};
+use super::model::{ArgValue, Queue, Topology};
 use crate::amqp::management::{BindingInfo, ExchangeInfo, ManagementClient, ManagementError, QueueInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,7 @@ pub async fn diff_live(client: &ManagementClient, topology: &Topology) -> Result
     Ok(diff(topology, &exchanges, &queues, &bindings))
 }
 
+/// Everything that differs, in order: exchanges, queues, then bindings.
 pub fn diff(
     topology: &Topology,
     exchanges: &[ExchangeInfo],
@@ -58,6 +59,14 @@ pub fn diff(
     bindings: &[BindingInfo],
 ) -> Vec<Difference> {
     let mut out = Vec::new();
+    diff_exchanges(&mut out, topology, exchanges);
+    diff_queues(&mut out, topology, queues);
+    diff_bindings(&mut out, topology, bindings);
+    out
+}
+
+/// Each declared exchange: missing on the broker, or its type and flags changed.
+fn diff_exchanges(out: &mut Vec<Difference>, topology: &Topology, exchanges: &[ExchangeInfo]) {
     for want in &topology.exchanges {
         let Some(have) = exchanges.iter().find(|e| e.name == want.name) else {
             out.push(Difference::Missing {
@@ -67,15 +76,7 @@ pub fn diff(
             continue;
         };
         let mut changed = |field: &str, file: String, broker: String| {
-            if file != broker {
-                out.push(Difference::Changed {
-                    kind: "exchange",
-                    name: want.name.clone(),
-                    field: field.into(),
-                    file,
-                    broker,
-                });
-            }
+            push_changed(out, "exchange", &want.name, field, file, broker);
         };
         changed("type", want.kind.as_str().into(), have.kind.clone());
         changed("durable", want.durable.to_string(), have.durable.to_string());
@@ -86,7 +87,10 @@ pub fn diff(
         );
         changed("internal", want.internal.to_string(), have.internal.to_string());
     }
+}
 
+/// Each declared queue: missing on the broker, or its flags or arguments changed.
+fn diff_queues(out: &mut Vec<Difference>, topology: &Topology, queues: &[QueueInfo]) {
     for want in &topology.queues {
         let Some(have) = queues.iter().find(|q| q.name == want.name) else {
             out.push(Difference::Missing {
@@ -95,41 +99,51 @@ pub fn diff(
             });
             continue;
         };
-        let mut changed = |field: &str, file: String, broker: String| {
-            if file != broker {
-                out.push(Difference::Changed {
-                    kind: "queue",
-                    name: want.name.clone(),
-                    field: field.into(),
-                    file,
-                    broker,
-                });
-            }
-        };
-        changed("durable", want.durable.to_string(), have.durable.to_string());
-        changed(
+        push_changed(
+            out,
+            "queue",
+            &want.name,
+            "durable",
+            want.durable.to_string(),
+            have.durable.to_string(),
+        );
+        push_changed(
+            out,
+            "queue",
+            &want.name,
             "auto_delete",
             want.auto_delete.to_string(),
             have.auto_delete.to_string(),
         );
-        let expected = want.arguments();
-        let mut names: BTreeSet<&str> = expected.iter().map(|(k, _)| *k).collect();
-        names.extend(have.arguments.keys().map(String::as_str));
-        for name in names {
-            let file = expected.iter().find(|(k, _)| *k == name).map(|(_, v)| arg_text(v));
-            let broker = have.arguments.get(name).map(json_text);
-            // The broker may spell out the default queue type; that is no drift.
-            if name == "x-queue-type" && file.is_none() && broker.as_deref() == Some("classic") {
-                continue;
-            }
-            changed(
-                name,
-                file.unwrap_or_else(|| "absent".into()),
-                broker.unwrap_or_else(|| "absent".into()),
-            );
-        }
+        diff_queue_arguments(out, want, have);
     }
+}
 
+/// Every argument set on either side of one queue, by name; an unset one reads `absent`.
+fn diff_queue_arguments(out: &mut Vec<Difference>, want: &Queue, have: &QueueInfo) {
+    let expected = want.arguments();
+    let mut names: BTreeSet<&str> = expected.iter().map(|(k, _)| *k).collect();
+    names.extend(have.arguments.keys().map(String::as_str));
+    for name in names {
+        let file = expected.iter().find(|(k, _)| *k == name).map(|(_, v)| arg_text(v));
+        let broker = have.arguments.get(name).map(json_text);
+        // The broker may spell out the default queue type; that is no drift.
+        if name == "x-queue-type" && file.is_none() && broker.as_deref() == Some("classic") {
+            continue;
+        }
+        push_changed(
+            out,
+            "queue",
+            &want.name,
+            name,
+            file.unwrap_or_else(|| "absent".into()),
+            broker.unwrap_or_else(|| "absent".into()),
+        );
+    }
+}
+
+/// Bindings to queues from our exchanges: declared but missing, then present but undeclared.
+fn diff_bindings(out: &mut Vec<Difference>, topology: &Topology, bindings: &[BindingInfo]) {
     let ours: BTreeSet<&str> = topology.exchanges.iter().map(|e| e.name.as_str()).collect();
     let wanted: BTreeSet<(&str, &str, &str)> = topology
         .bindings
@@ -153,7 +167,19 @@ pub fn diff(
             name: format!("{exchange} -> {queue} ({key:?})"),
         });
     }
-    out
+}
+
+/// Records a [`Difference::Changed`] when the file's value and the broker's differ.
+fn push_changed(out: &mut Vec<Difference>, kind: &'static str, name: &str, field: &str, file: String, broker: String) {
+    if file != broker {
+        out.push(Difference::Changed {
+            kind,
+            name: name.to_owned(),
+            field: field.into(),
+            file,
+            broker,
+        });
+    }
 }
 
 fn arg_text(value: &ArgValue) -> String {

@@ -296,138 +296,179 @@ impl<'a> Validator<'a> {
         resolved
     }
 
+    /// Every `[[queues]]` entry in file order: one outcome each, resolved only when error-free.
     fn check_queues(&mut self, defaults: &Defaults) -> Vec<QueueOutcome> {
+        let file = self.file;
         let mut first_seen: HashMap<&str, usize> = HashMap::new();
-        let mut resolved = Vec::with_capacity(self.file.queues.len());
-        for (i, spec) in self.file.queues.iter().enumerate() {
-            let at = |field: &str| format!("queues[{i}].{field}");
-            let errors_before = self.errors.len();
-
-            let mut name_ok = self.check_name(&at("name"), &spec.name);
-            if let Some(first) = first_seen.get(spec.name.as_str()) {
-                name_ok = false;
-                self.error(
-                    at("name"),
-                    format!("duplicate queue `{}` (first declared at queues[{first}])", spec.name),
-                );
-            } else {
-                first_seen.insert(&spec.name, i);
-            }
-
-            // Each field: the queue's own value (checked) or the default (checked above).
-            let message_ttl = match spec.message_ttl {
-                Some(v) => self.check_u32(&at("message_ttl"), v),
-                None => defaults.message_ttl,
-            };
-            let max_length = match spec.max_length {
-                Some(v) => self.check_u32(&at("max_length"), v),
-                None => defaults.max_length,
-            };
-            let overflow = match spec.overflow.as_deref() {
-                Some(v) => self.check_overflow(&at("overflow"), v),
-                None => defaults.overflow,
-            };
-            let dead_letter_exchange = match spec.dead_letter_exchange.as_deref() {
-                Some("") => None,
-                Some(name) => {
-                    self.check_dead_letter_exchange(&at("dead_letter_exchange"), name);
-                    Some(name.to_owned())
-                }
-                None => defaults.dead_letter_exchange.clone(),
-            };
-            let queue_type = match spec.queue_type.as_deref() {
-                Some(v) => self.check_queue_type(&at("type"), v),
-                None => defaults.queue_type,
-            };
-            let max_priority = spec
-                .max_priority
-                .and_then(|v| match u8::try_from(v).ok().filter(|p| *p >= 1) {
-                    Some(p) => Some(p),
-                    None => {
-                        self.error(at("max_priority"), format!("must be between 1 and 255, got {v}"));
-                        None
-                    }
-                });
-            let delivery_limit = spec
-                .delivery_limit
-                .and_then(|v| self.check_u32(&at("delivery_limit"), v));
-            let durable = spec.durable.unwrap_or(defaults.durable);
-            let auto_delete = spec.auto_delete.unwrap_or(defaults.auto_delete);
-
-            // Combinations. A conflict is reported at the field this queue sets; one that comes
-            // entirely from the defaults was reported there already.
-            let is_quorum = queue_type == Some(QueueType::Quorum);
-            if is_quorum && !durable {
-                if spec.durable.is_some() {
-                    self.error(at("durable"), "quorum queues must be durable");
-                } else if spec.queue_type.is_some() {
-                    self.error(
-                        at("type"),
-                        "quorum queues must be durable (queue_defaults.durable is false; set durable = true)",
-                    );
-                }
-            }
-            if is_quorum && auto_delete {
-                if spec.auto_delete.is_some() {
-                    self.error(at("auto_delete"), "quorum queues cannot be auto_delete");
-                } else if spec.queue_type.is_some() {
-                    self.error(
-                        at("type"),
-                        "quorum queues cannot be auto_delete (queue_defaults.auto_delete is true; set auto_delete = false)",
-                    );
-                }
-            }
-            if is_quorum && spec.max_priority.is_some() {
-                self.error(
-                    at("max_priority"),
-                    "quorum queues do not support max_priority (use type = \"classic\")",
-                );
-            }
-            if is_quorum && overflow == Some(Overflow::RejectPublishDlx) {
-                if spec.overflow.is_some() {
-                    self.error(at("overflow"), QUORUM_REJECT_PUBLISH_DLX);
-                } else if spec.queue_type.is_some() {
-                    self.error(at("type"), QUORUM_REJECT_PUBLISH_DLX);
-                }
-            }
-            // A bad type (`None`) was reported already; only a known classic queue is told off here.
-            if queue_type == Some(QueueType::Classic) && spec.delivery_limit.is_some() {
-                self.error(
-                    at("delivery_limit"),
-                    "delivery_limit only applies to quorum queues (set type = \"quorum\")",
-                );
-            }
-            if overflow == Some(Overflow::RejectPublishDlx) && dead_letter_exchange.is_none() {
-                if spec.overflow.is_some() {
-                    self.error(at("overflow"), REJECT_PUBLISH_DLX_WITHOUT_DLX);
-                } else if spec.dead_letter_exchange.is_some() {
-                    self.error(at("dead_letter_exchange"), REJECT_PUBLISH_DLX_WITHOUT_DLX);
-                }
-            }
-
-            let resolved_queue = (self.errors.len() == errors_before).then(|| Queue {
-                name: spec.name.clone(),
-                durable,
-                auto_delete,
-                // Only read when the queue has no error, so the type is known.
-                queue_type: queue_type.unwrap_or(QueueType::Classic),
-                message_ttl,
-                max_length,
-                overflow,
-                dead_letter_exchange: dead_letter_exchange.clone(),
-                max_priority,
-                delivery_limit,
-                role: QueueRole::Service,
-            });
-            resolved.push(QueueOutcome {
-                name_ok,
-                dead_letter_exchange,
-                resolved: resolved_queue,
-            });
+        let mut resolved = Vec::with_capacity(file.queues.len());
+        for (i, spec) in file.queues.iter().enumerate() {
+            resolved.push(self.check_queue(i, spec, defaults, &mut first_seen));
         }
         resolved
     }
 
+    /// One queue: its name, then its single fields, then the combinations of fields.
+    fn check_queue(
+        &mut self,
+        i: usize,
+        spec: &'a QueueSpec,
+        defaults: &Defaults,
+        first_seen: &mut HashMap<&'a str, usize>,
+    ) -> QueueOutcome {
+        let errors_before = self.errors.len();
+        let name_ok = self.check_queue_name(i, spec, first_seen);
+        let fields = self.check_queue_fields(i, spec, defaults);
+        // Combinations. A conflict is reported at the field this queue sets; one that comes
+        // entirely from the defaults was reported there already.
+        self.check_quorum_combinations(i, spec, &fields);
+        self.check_other_combinations(i, spec, &fields);
+
+        let resolved_queue = (self.errors.len() == errors_before).then(|| Queue {
+            name: spec.name.clone(),
+            durable: fields.durable,
+            auto_delete: fields.auto_delete,
+            // Only read when the queue has no error, so the type is known.
+            queue_type: fields.queue_type.unwrap_or(QueueType::Classic),
+            message_ttl: fields.message_ttl,
+            max_length: fields.max_length,
+            overflow: fields.overflow,
+            dead_letter_exchange: fields.dead_letter_exchange.clone(),
+            max_priority: fields.max_priority,
+            delivery_limit: fields.delivery_limit,
+            role: QueueRole::Service,
+        });
+        QueueOutcome {
+            name_ok,
+            dead_letter_exchange: fields.dead_letter_exchange,
+            resolved: resolved_queue,
+        }
+    }
+
+    /// The queue's name is valid and not declared before. Returns whether it is.
+    fn check_queue_name(&mut self, i: usize, spec: &'a QueueSpec, first_seen: &mut HashMap<&'a str, usize>) -> bool {
+        let path = format!("queues[{i}].name");
+        let mut name_ok = self.check_name(&path, &spec.name);
+        if let Some(first) = first_seen.get(spec.name.as_str()) {
+            name_ok = false;
+            self.error(
+                path,
+                format!("duplicate queue `{}` (first declared at queues[{first}])", spec.name),
+            );
+        } else {
+            first_seen.insert(&spec.name, i);
+        }
+        name_ok
+    }
+
+    /// Each single field of a queue, resolved against the defaults; an invalid value is `None`.
+    fn check_queue_fields(&mut self, i: usize, spec: &QueueSpec, defaults: &Defaults) -> QueueFields {
+        let at = |field: &str| format!("queues[{i}].{field}");
+        // Each field: the queue's own value (checked) or the default (checked above).
+        let message_ttl = match spec.message_ttl {
+            Some(v) => self.check_u32(&at("message_ttl"), v),
+            None => defaults.message_ttl,
+        };
+        let max_length = match spec.max_length {
+            Some(v) => self.check_u32(&at("max_length"), v),
+            None => defaults.max_length,
+        };
+        let overflow = match spec.overflow.as_deref() {
+            Some(v) => self.check_overflow(&at("overflow"), v),
+            None => defaults.overflow,
+        };
+        let dead_letter_exchange = match spec.dead_letter_exchange.as_deref() {
+            Some("") => None,
+            Some(name) => {
+                self.check_dead_letter_exchange(&at("dead_letter_exchange"), name);
+                Some(name.to_owned())
+            }
+            None => defaults.dead_letter_exchange.clone(),
+        };
+        let queue_type = match spec.queue_type.as_deref() {
+            Some(v) => self.check_queue_type(&at("type"), v),
+            None => defaults.queue_type,
+        };
+        let max_priority = spec
+            .max_priority
+            .and_then(|v| self.check_max_priority(&at("max_priority"), v));
+        let delivery_limit = spec
+            .delivery_limit
+            .and_then(|v| self.check_u32(&at("delivery_limit"), v));
+        QueueFields {
+            durable: spec.durable.unwrap_or(defaults.durable),
+            auto_delete: spec.auto_delete.unwrap_or(defaults.auto_delete),
+            message_ttl,
+            max_length,
+            overflow,
+            dead_letter_exchange,
+            queue_type,
+            max_priority,
+            delivery_limit,
+        }
+    }
+
+    /// What a quorum queue refuses: not durable, auto_delete, max_priority, `reject-publish-dlx`.
+    fn check_quorum_combinations(&mut self, i: usize, spec: &QueueSpec, fields: &QueueFields) {
+        if fields.queue_type != Some(QueueType::Quorum) {
+            return;
+        }
+        let at = |field: &str| format!("queues[{i}].{field}");
+        if !fields.durable {
+            if spec.durable.is_some() {
+                self.error(at("durable"), "quorum queues must be durable");
+            } else if spec.queue_type.is_some() {
+                self.error(
+                    at("type"),
+                    "quorum queues must be durable (queue_defaults.durable is false; set durable = true)",
+                );
+            }
+        }
+        if fields.auto_delete {
+            if spec.auto_delete.is_some() {
+                self.error(at("auto_delete"), "quorum queues cannot be auto_delete");
+            } else if spec.queue_type.is_some() {
+                self.error(
+                    at("type"),
+                    "quorum queues cannot be auto_delete (queue_defaults.auto_delete is true; set auto_delete = false)",
+                );
+            }
+        }
+        if spec.max_priority.is_some() {
+            self.error(
+                at("max_priority"),
+                "quorum queues do not support max_priority (use type = \"classic\")",
+            );
+        }
+        if fields.overflow == Some(Overflow::RejectPublishDlx) {
+            if spec.overflow.is_some() {
+                self.error(at("overflow"), QUORUM_REJECT_PUBLISH_DLX);
+            } else if spec.queue_type.is_some() {
+                self.error(at("type"), QUORUM_REJECT_PUBLISH_DLX);
+            }
+        }
+    }
+
+    /// The combinations that are not about quorum: delivery_limit on a classic queue,
+    /// `reject-publish-dlx` without a dead-letter exchange.
+    fn check_other_combinations(&mut self, i: usize, spec: &QueueSpec, fields: &QueueFields) {
+        let at = |field: &str| format!("queues[{i}].{field}");
+        // A bad type (`None`) was reported already; only a known classic queue is told off here.
+        if fields.queue_type == Some(QueueType::Classic) && spec.delivery_limit.is_some() {
+            self.error(
+                at("delivery_limit"),
+                "delivery_limit only applies to quorum queues (set type = \"quorum\")",
+            );
+        }
+        if fields.overflow == Some(Overflow::RejectPublishDlx) && fields.dead_letter_exchange.is_none() {
+            if spec.overflow.is_some() {
+                self.error(at("overflow"), REJECT_PUBLISH_DLX_WITHOUT_DLX);
+            } else if spec.dead_letter_exchange.is_some() {
+                self.error(at("dead_letter_exchange"), REJECT_PUBLISH_DLX_WITHOUT_DLX);
+            }
+        }
+    }
+
+    /// Every `[[bindings]]` entry in file order: resolved only when error-free.
     fn check_bindings(&mut self, derived: &[DerivedDlq]) -> Vec<Option<Binding>> {
         let file = self.file;
         // A binding may target any queue that will exist: declared ones and derived dead-letter ones.
@@ -440,79 +481,95 @@ impl<'a> Validator<'a> {
         let mut first_seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
         let mut resolved = Vec::with_capacity(file.bindings.len());
         for (i, spec) in file.bindings.iter().enumerate() {
-            let at = |field: &str| format!("bindings[{i}].{field}");
             let errors_before = self.errors.len();
-
-            let kind = if spec.exchange.is_empty() {
-                self.error(
-                    at("exchange"),
-                    "must not be empty (the default exchange cannot be bound)",
-                );
-                None
-            } else if let Some(info) = self.exchanges.get(spec.exchange.as_str()) {
-                info.kind
-            } else {
-                self.error(
-                    at("exchange"),
-                    format!("exchange `{}` is not declared in [[exchanges]]", spec.exchange),
-                );
-                None
-            };
-
-            if spec.queue.is_empty() {
-                self.error(at("queue"), "must not be empty");
-            } else if !declared_queues.contains(&spec.queue.as_str()) {
-                self.error(
-                    at("queue"),
-                    format!("queue `{}` is not declared in [[queues]]", spec.queue),
-                );
-            }
-
-            let key = &spec.routing_key;
-            if key.len() > MAX_NAME_BYTES {
-                self.error(
-                    at("routing_key"),
-                    format!(
-                        "is {} bytes long; routing keys are limited to {MAX_NAME_BYTES} bytes",
-                        key.len()
-                    ),
-                );
-            }
-            match kind {
-                Some(ExchangeKind::Fanout) if !key.is_empty() => self.error(
-                    at("routing_key"),
-                    format!(
-                        "fanout exchange `{}` ignores routing keys: leave routing_key out",
-                        spec.exchange
-                    ),
-                ),
-                Some(ExchangeKind::Direct) if key.contains(['*', '#']) => self.error(
-                    at("routing_key"),
-                    format!(
-                        "direct exchange `{}` matches routing keys exactly: `{key}` is not a pattern there (use a topic exchange)",
-                        spec.exchange
-                    ),
-                ),
-                _ => {}
-            }
-
-            let triple = (spec.exchange.as_str(), spec.queue.as_str(), key.as_str());
-            if let Some(first) = first_seen.get(&triple) {
-                self.error(
-                    format!("bindings[{i}]"),
-                    format!("duplicate of bindings[{first}] (same exchange, queue and routing_key)"),
-                );
-            } else {
-                first_seen.insert(triple, i);
-            }
-
+            let kind = self.check_binding_exchange(i, spec);
+            self.check_binding_queue(i, spec, &declared_queues);
+            self.check_routing_key(i, spec, kind);
+            self.check_binding_duplicate(i, spec, &mut first_seen);
             resolved.push((self.errors.len() == errors_before).then(|| Binding {
                 exchange: spec.exchange.clone(),
                 queue: spec.queue.clone(),
-                routing_key: key.clone(),
+                routing_key: spec.routing_key.clone(),
             }));
         }
         resolved
+    }
+
+    /// The binding's exchange is named and declared. Returns its type when known.
+    fn check_binding_exchange(&mut self, i: usize, spec: &BindingSpec) -> Option<ExchangeKind> {
+        let path = format!("bindings[{i}].exchange");
+        if spec.exchange.is_empty() {
+            self.error(path, "must not be empty (the default exchange cannot be bound)");
+            None
+        } else if let Some(info) = self.exchanges.get(spec.exchange.as_str()) {
+            info.kind
+        } else {
+            self.error(
+                path,
+                format!("exchange `{}` is not declared in [[exchanges]]", spec.exchange),
+            );
+            None
+        }
+    }
+
+    /// The binding's queue is named and will exist (declared, or a derived dead-letter queue).
+    fn check_binding_queue(&mut self, i: usize, spec: &BindingSpec, declared_queues: &[&str]) {
+        let path = format!("bindings[{i}].queue");
+        if spec.queue.is_empty() {
+            self.error(path, "must not be empty");
+        } else if !declared_queues.contains(&spec.queue.as_str()) {
+            self.error(path, format!("queue `{}` is not declared in [[queues]]", spec.queue));
+        }
+    }
+
+    /// The routing key fits in a short string and makes sense for the exchange's type.
+    fn check_routing_key(&mut self, i: usize, spec: &BindingSpec, kind: Option<ExchangeKind>) {
+        let path = format!("bindings[{i}].routing_key");
+        let key = &spec.routing_key;
+        if key.len() > MAX_NAME_BYTES {
+            self.error(
+                path.clone(),
+                format!(
+                    "is {} bytes long; routing keys are limited to {MAX_NAME_BYTES} bytes",
+                    key.len()
+                ),
+            );
+        }
+        match kind {
+            Some(ExchangeKind::Fanout) if !key.is_empty() => self.error(
+                path,
+                format!(
+                    "fanout exchange `{}` ignores routing keys: leave routing_key out",
+                    spec.exchange
+                ),
+            ),
+            Some(ExchangeKind::Direct) if key.contains(['*', '#']) => self.error(
+                path,
+                format!(
+                    "direct exchange `{}` matches routing keys exactly: `{key}` is not a pattern there (use a topic exchange)",
+                    spec.exchange
+                ),
+            ),
+            _ => {}
+        }
+    }
+
+    /// No earlier binding has the same exchange, queue and routing key.
+    fn check_binding_duplicate(
+        &mut self,
+        i: usize,
+        spec: &'a BindingSpec,
+        first_seen: &mut HashMap<(&'a str, &'a str, &'a str), usize>,
+    ) {
+        let triple = (spec.exchange.as_str(), spec.queue.as_str(), spec.routing_key.as_str());
+        if let Some(first) = first_seen.get(&triple) {
+            self.error(
+                format!("bindings[{i}]"),
+                format!("duplicate of bindings[{first}] (same exchange, queue and routing_key)"),
+            );
+        } else {
+            first_seen.insert(triple, i);
+        }
     }
 
     fn check_rate_limits(&mut self) -> Vec<Option<RateLimit>> {
@@ -685,6 +742,17 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// `x-max-priority`: 1 to 255.
+    fn check_max_priority(&mut self, path: &str, value: i64) -> Option<u8> {
+        match u8::try_from(value).ok().filter(|p| *p >= 1) {
+            Some(p) => Some(p),
+            None => {
+                self.error(path, format!("must be between 1 and 255, got {value}"));
+                None
+            }
+        }
+    }
+
     fn check_overflow(&mut self, path: &str, value: &str) -> Option<Overflow> {
         let overflow = match value {
             "drop-head" => Some(Overflow::DropHead),
@@ -799,6 +867,19 @@ struct DeadLetterQueues {
     suffix: String,
     message_ttl: Option<u32>,
     durable: bool,
+}
+
+/// One queue's effective fields (own value or default); an invalid value is `None` (already reported).
+struct QueueFields {
+    durable: bool,
+    auto_delete: bool,
+    message_ttl: Option<u32>,
+    max_length: Option<u32>,
+    overflow: Option<Overflow>,
+    dead_letter_exchange: Option<String>,
+    queue_type: Option<QueueType>,
+    max_priority: Option<u8>,
+    delivery_limit: Option<u32>,
 }
 
 /// What the rest of the validation needs to know about one `[[queues]]` entry.

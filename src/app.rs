@@ -22,11 +22,12 @@ use crate::{
         rate_limit::RateLimits,
     },
     metrics::Metrics,
+    roles::Role,
     settings::Settings,
     store,
     topology::{self, Topology, TopologyError},
     workers::{
-        Role, Supervisor,
+        Supervisor,
         applier::{self, Mode, TopologyState},
         audit,
         ingester::Ingester,

@@ -8,6 +8,7 @@ pub mod app;
 pub mod backoff;
 pub mod http;
 pub mod metrics;
+pub mod roles;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand};
 use messages_broker::{
     amqp::{connection, management::ManagementClient},
     app::{self, App},
-    settings::{Roles, Settings},
+    roles::Roles,
+    settings::Settings,
     store, telemetry,
     topology::{self, declare, diff},
 };

@@ -1,7 +1,7 @@
 //! Settings: built-in defaults < `config/default.toml` < `config/{APP_ENV}.toml` < `--config FILE`
 //! < environment (the seed's variable names, plus `MESSAGES_BROKER_<SECTION>__<KEY>` for any key).
 
-use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use figment::{
     Figment,
@@ -9,7 +9,7 @@ use figment::{
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::workers::Role;
+use crate::roles::Roles;
 
 /// The seed's environment variables and the setting each one sets.
 pub const ENV_KEYS: &[(&str, &str)] = &[
@@ -423,73 +423,6 @@ pub enum Scope {
     Admin,
 }
 
-/// Roles of this process: a list, or a comma-separated string (`WORKER_ROLES=api,stats`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Roles(pub Vec<Role>);
-
-impl Roles {
-    pub fn all() -> Self {
-        Self(Role::ALL.to_vec())
-    }
-
-    pub fn contains(&self, role: Role) -> bool {
-        self.0.contains(&role)
-    }
-}
-
-impl Default for Roles {
-    fn default() -> Self {
-        Self::all()
-    }
-}
-
-impl FromStr for Roles {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut roles = Vec::new();
-        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let role: Role = name.parse()?;
-            if !roles.contains(&role) {
-                roles.push(role);
-            }
-        }
-        if roles.is_empty() {
-            return Err("no role given".into());
-        }
-        Ok(Self(roles))
-    }
-}
-
-impl fmt::Display for Roles {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.0.iter().map(|r| r.as_str()).collect();
-        f.write_str(&names.join(","))
-    }
-}
-
-impl Serialize for Roles {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Roles {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            List(Vec<String>),
-        }
-        let text = match Raw::deserialize(deserializer)? {
-            Raw::Text(text) => text,
-            Raw::List(list) => list.join(","),
-        };
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// A secret string: `Debug` and `Display` print `[redacted]`.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
@@ -725,14 +658,6 @@ mod tests {
         let printed = format!("{settings:?}");
         assert!(!printed.contains("messages_broker_password"), "{printed}");
         assert!(printed.contains("[redacted]"));
-    }
-
-    #[test]
-    fn roles_parse_from_comma_separated_text() {
-        let roles: Roles = "api, stats,api".parse().unwrap();
-        assert_eq!(roles.0, vec![Role::Api, Role::Stats]);
-        assert!("api,bogus".parse::<Roles>().unwrap_err().contains("bogus"));
-        assert!("".parse::<Roles>().is_err());
     }
 
     #[test]

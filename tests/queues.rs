@@ -12,7 +12,8 @@ use lapin::{
     types::FieldTable,
 };
 use messages_broker::{
-    settings::{Roles, Settings},
+    roles::Roles,
+    settings::Settings,
     topology::declare::{self, Probe},
 };
 use serde_json::Value;

@@ -27,9 +27,10 @@ use tokio::sync::watch;
 use crate::{
     amqp::{connection::LinkReceiver, management::ManagementClient},
     metrics::Metrics,
+    roles::Role,
     settings::Settings,
     topology::Topology,
-    workers::{Role, applier::TopologyState},
+    workers::applier::TopologyState,
 };
 
 /// What handlers read, behind one `Arc`: axum clones the state for every extractor of every

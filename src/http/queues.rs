@@ -24,12 +24,10 @@ use super::{
     error::{ApiError, ErrorBody},
 };
 use crate::{
+    roles::Role,
     settings::Scope,
     topology::validate::is_plain_name,
-    workers::{
-        Role,
-        stats::{QueueStats, Snapshot},
-    },
+    workers::stats::{QueueStats, Snapshot},
 };
 
 /// The confirmation header of a purge; its value must be the queue's name.

@@ -1,5 +1,6 @@
-//! Roles and their supervisor. Each role is a named, supervised task: a failure or a panic is
-//! logged with its reason and the role restarts with backoff; cancellation stops it for good.
+//! The roles' workers and their supervisor. Each role is a named, supervised task: a failure or a
+//! panic is logged with its reason and the role restarts with backoff; cancellation stops it for
+//! good. The role names themselves live in [`crate::roles`].
 
 pub mod applier;
 pub mod audit;
@@ -9,9 +10,7 @@ pub mod stats;
 
 use std::{
     collections::BTreeSet,
-    fmt,
     future::Future,
-    str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -20,56 +19,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{backoff::Backoff, metrics::Metrics};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    /// Declares the topology on start and after every reconnect.
-    Applier,
-    /// The REST API, including the rate-limited publish endpoint.
-    Api,
-    /// Dead-letter queues -> `failed_messages`.
-    Ingester,
-    /// Republishes due failed messages with backoff.
-    Retrier,
-    /// Polls queue depth, consumers and rates for the API and Prometheus.
-    Stats,
-}
-
-impl Role {
-    pub const ALL: [Role; 5] = [Role::Applier, Role::Api, Role::Ingester, Role::Retrier, Role::Stats];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applier => "applier",
-            Self::Api => "api",
-            Self::Ingester => "ingester",
-            Self::Retrier => "retrier",
-            Self::Stats => "stats",
-        }
-    }
-
-    /// Roles that read or write MySQL; a process without any of them needs no database.
-    pub fn needs_database(self) -> bool {
-        !matches!(self, Self::Applier)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (expected one of: applier, api, ingester, retrier, stats)"))
-    }
-}
 
 /// Spawns named tasks, restarts failed ones and knows who is still running at shutdown.
 #[derive(Clone)]

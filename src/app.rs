@@ -313,6 +313,8 @@ impl App {
     /// confirms and the audit writer flushes, then the connection closes. One deadline for all.
     pub async fn shutdown(self, deadline: Duration) -> Result<(), Vec<String>> {
         let started = tokio::time::Instant::now();
+        // At least 1 s per later stage even when the front used up the deadline: the publisher's
+        // confirms and the connection's close still get a chance instead of being cut at once.
         let left = || deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
         let mut laggards = Vec::new();
         self.front_cancel.cancel();

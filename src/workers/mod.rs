@@ -51,6 +51,8 @@ impl Supervisor {
         self.spawn_named(
             name,
             async move {
+                // 500 ms: a role that fails at once (broker or database just gone) does not spin;
+                // 30 s: a role comes back within half a minute of its dependency returning.
                 let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
                 loop {
                     // A nested spawn turns a panic into a JoinError instead of killing the loop.

@@ -215,7 +215,7 @@ pub async fn stats(
             },
             max_length: queue.max_length,
             depth_ratio: queue.depth_ratio,
-            failed_messages: queue.failed_pending,
+            failed_messages: queue.failed_unresolved,
             consumer_lag: queue.consumer_lag,
             source,
             taken_at,

@@ -88,8 +88,9 @@ pub struct QueueStats {
     pub max_length: Option<u32>,
     /// `messages / max_length`.
     pub depth_ratio: Option<f64>,
-    /// Failed messages of this queue not resolved yet; `None` when the database was not read.
-    pub failed_pending: Option<u64>,
+    /// Failed messages of this queue not resolved yet (pending, retrying or failed); `None` when
+    /// the database was not read.
+    pub failed_unresolved: Option<u64>,
     /// Ready messages while deliveries stall (deliver rate ~0), else 0; `None` without rates.
     pub consumer_lag: Option<u64>,
 }
@@ -238,7 +239,7 @@ fn from_management(info: QueueInfo, topology: &Topology, failed: Option<&FailedS
         ack_rate: Some(stats.ack_details.rate),
         max_length,
         depth_ratio: depth_ratio(info.messages, max_length),
-        failed_pending: failed.map(|f| failed_for(&info.name, topology, f)),
+        failed_unresolved: failed.map(|f| failed_for(&info.name, topology, f)),
         consumer_lag: Some(if stalled { info.messages_ready } else { 0 }),
         name: info.name,
     }
@@ -306,7 +307,7 @@ async fn passive_declares(
                     ack_rate: None,
                     max_length: queue.max_length,
                     depth_ratio: depth_ratio(ready, queue.max_length),
-                    failed_pending: failed.map(|f| failed_for(&queue.name, topology, f)),
+                    failed_unresolved: failed.map(|f| failed_for(&queue.name, topology, f)),
                     consumer_lag: None,
                 });
             }
@@ -617,7 +618,7 @@ name = "orders_queue"
         assert_eq!(stats.max_length, Some(100), "the topology's capacity wins");
         assert_eq!(stats.depth_ratio, Some(0.4));
         assert_eq!(
-            stats.failed_pending,
+            stats.failed_unresolved,
             Some(3),
             "pending + failed of the queue and its DLQ"
         );
@@ -629,7 +630,7 @@ name = "orders_queue"
 
         let dlq = from_management(info("orders_queue.dlq", 0, 0, 0.0), &topology, Some(&failed));
         assert!(dlq.is_dead_letter && dlq.managed_by_topology);
-        assert_eq!(dlq.failed_pending, Some(3));
+        assert_eq!(dlq.failed_unresolved, Some(3));
         assert_eq!(dlq.consumer_lag, Some(0), "nothing ready, no lag");
 
         let flowing = from_management(info("other", 30, 10, 12.5), &topology, None);
@@ -640,7 +641,7 @@ name = "orders_queue"
             "the live argument for queues we do not declare"
         );
         assert_eq!(flowing.consumer_lag, Some(0), "deliveries flow");
-        assert_eq!(flowing.failed_pending, None);
+        assert_eq!(flowing.failed_unresolved, None);
         assert_eq!(flowing.deliver_rate, Some(12.5));
     }
 

@@ -328,7 +328,7 @@ pub fn dead_letter_row_from(
     let (status, next_retry_at) = if retry_count >= max_retries || poison {
         (Status::Failed, None)
     } else {
-        let delay = retrier::retry_delay(&settings.backoff(), retry_count);
+        let delay = retrier::retry_delay(&settings.retry_schedule(), retry_count);
         (
             Status::Pending,
             Some(now + chrono::Duration::from_std(delay).unwrap_or_default()),

@@ -93,7 +93,7 @@ impl Retrier {
         }
         let messages = claimed.iter().map(|row| Arc::new(republished(row))).collect();
         let outcomes = self.publisher.publish_many(messages).await;
-        let backoff = self.settings.backoff();
+        let backoff = self.settings.retry_schedule();
         for (row, outcome) in claimed.iter().zip(outcomes) {
             if outcome == PublishOutcome::Confirmed {
                 failed_messages::mark_resolved(&self.pool, row).await?;

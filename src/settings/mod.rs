@@ -21,7 +21,7 @@ pub use app::{AppSettings, LogFormat};
 pub use auth::{AuthSettings, ClientSettings, Scope};
 pub use database::{DatabaseSettings, SslMode};
 pub use publish::PublishSettings;
-pub use rabbitmq::RabbitMqSettings;
+pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
 pub use retry::{MessageSettings, RetrySettings};
 pub use workers::{IngestSettings, StatsSettings};
 
@@ -124,19 +124,6 @@ fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, 
         Scalar::Float(n) => n.to_string(),
         Scalar::Bool(b) => b.to_string(),
     })
-}
-
-/// Percent-encodes everything but unreserved characters (URI userinfo, vhost, path segments).
-pub fn encode_component(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A setting that cannot be used: one line that names the key (and the variable that set it).

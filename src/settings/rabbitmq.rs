@@ -2,10 +2,16 @@
 
 use std::time::Duration;
 
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
 use super::{Secret, lenient_string};
-use crate::settings::encode_component;
+
+/// Everything but RFC 3986's unreserved characters (letters, digits, `-._~`) is percent-encoded:
+/// a vhost or a queue name becomes one URI component (`/` is `%2F`), in logs and in the
+/// management API's paths.
+pub const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -56,19 +62,26 @@ impl Default for RabbitMqSettings {
 }
 
 impl RabbitMqSettings {
-    /// The AMQP URI with credentials: never log it, log [`Self::display_uri`].
-    pub fn amqp_uri(&self) -> String {
-        format!(
-            "{}://{}:{}@{}:{}/{}?heartbeat={}&connection_timeout={}",
-            self.scheme(),
-            encode_component(&self.user),
-            encode_component(self.password.expose()),
-            self.host,
-            self.port,
-            encode_component(&self.vhost),
-            self.heartbeat,
-            self.connect_timeout.as_millis()
-        )
+    /// The AMQP URI with credentials (lapin encodes them when it renders the URI): never log it,
+    /// not even with `{:?}`; log [`Self::display_uri`].
+    pub fn amqp_uri(&self) -> AMQPUri {
+        AMQPUri {
+            scheme: if self.tls { AMQPScheme::AMQPS } else { AMQPScheme::AMQP },
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo {
+                    username: self.user.clone(),
+                    password: self.password.expose().to_owned(),
+                },
+                host: self.host.clone(),
+                port: self.port,
+            },
+            vhost: self.vhost.clone(),
+            query: AMQPQueryString {
+                heartbeat: Some(self.heartbeat),
+                connection_timeout: Some(u64::try_from(self.connect_timeout.as_millis()).unwrap_or(u64::MAX)),
+                ..AMQPQueryString::default()
+            },
+        }
     }
 
     fn scheme(&self) -> &'static str {
@@ -82,7 +95,7 @@ impl RabbitMqSettings {
             self.user,
             self.host,
             self.port,
-            encode_component(&self.vhost)
+            utf8_percent_encode(&self.vhost, URI_COMPONENT)
         )
     }
 
@@ -106,7 +119,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            rabbit.amqp_uri(),
+            rabbit.amqp_uri().to_string(),
             "amqp://guest:p%40ss%2Fword@127.0.0.1:5672/%2F?heartbeat=10&connection_timeout=5000"
         );
         assert_eq!(rabbit.display_uri(), "amqp://guest@127.0.0.1:5672/%2F");
@@ -119,7 +132,12 @@ mod tests {
             port: 5671,
             ..Default::default()
         };
-        assert!(rabbit.amqp_uri().starts_with("amqps://guest:guest@127.0.0.1:5671/"));
+        assert!(
+            rabbit
+                .amqp_uri()
+                .to_string()
+                .starts_with("amqps://guest:guest@127.0.0.1:5671/")
+        );
         assert_eq!(rabbit.display_uri(), "amqps://guest@127.0.0.1:5671/%2F");
     }
 }

@@ -14,3 +14,6 @@ pub mod store;
 pub mod telemetry;
 pub mod topology;
 pub mod workers;
+
+#[cfg(test)]
+mod enum_names_tests;

@@ -4,8 +4,11 @@
 use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use strum::{Display, EnumIter, EnumString, IntoEnumIterator, IntoStaticStr};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A role by its name in `WORKER_ROLES`, logs and metrics labels (derived: `as_str`, `parse`, `Display`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Display, EnumIter, EnumString, IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// Declares the topology on start and after every reconnect.
     Applier,
@@ -20,38 +23,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Applier, Role::Api, Role::Ingester, Role::Retrier, Role::Stats];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applier => "applier",
-            Self::Api => "api",
-            Self::Ingester => "ingester",
-            Self::Retrier => "retrier",
-            Self::Stats => "stats",
-        }
+        self.into()
     }
 
     /// Roles that read or write MySQL; a process without any of them needs no database.
     pub fn needs_database(self) -> bool {
         !matches!(self, Self::Applier)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (expected one of: applier, api, ingester, retrier, stats)"))
     }
 }
 
@@ -61,7 +39,7 @@ pub struct Roles(pub Vec<Role>);
 
 impl Roles {
     pub fn all() -> Self {
-        Self(Role::ALL.to_vec())
+        Self(Role::iter().collect())
     }
 
     pub fn contains(&self, role: Role) -> bool {
@@ -81,7 +59,10 @@ impl FromStr for Roles {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut roles = Vec::new();
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let role: Role = name.parse()?;
+            let role: Role = name.parse().map_err(|_| {
+                let known: Vec<&str> = Role::iter().map(Role::as_str).collect();
+                format!("unknown role `{name}` (expected one of: {})", known.join(", "))
+            })?;
             if !roles.contains(&role) {
                 roles.push(role);
             }

@@ -1,6 +1,7 @@
 //! `[auth]`: the API's clients, their token hashes, scopes and publish allow-lists.
 
 use serde::{Deserialize, Serialize};
+use strum::{Display, EnumIter};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,8 +20,9 @@ pub struct ClientSettings {
     pub exchanges: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Display, EnumIter)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Scope {
     Publish,
     Read,

@@ -686,12 +686,7 @@ impl<'a> Validator<'a> {
     }
 
     fn check_overflow(&mut self, path: &str, value: &str) -> Option<Overflow> {
-        let overflow = match value {
-            "drop-head" => Some(Overflow::DropHead),
-            "reject-publish" => Some(Overflow::RejectPublish),
-            "reject-publish-dlx" => Some(Overflow::RejectPublishDlx),
-            _ => None,
-        };
+        let overflow = value.parse().ok();
         if overflow.is_none() {
             self.error(
                 path,
@@ -702,11 +697,7 @@ impl<'a> Validator<'a> {
     }
 
     fn check_queue_type(&mut self, path: &str, value: &str) -> Option<QueueType> {
-        let queue_type = match value {
-            "classic" => Some(QueueType::Classic),
-            "quorum" => Some(QueueType::Quorum),
-            _ => None,
-        };
+        let queue_type = value.parse().ok();
         if queue_type.is_none() {
             self.error(
                 path,
@@ -773,13 +764,7 @@ fn bad_characters(name: &str) -> Option<String> {
 }
 
 fn parse_exchange_kind(value: &str) -> Option<ExchangeKind> {
-    match value {
-        "direct" => Some(ExchangeKind::Direct),
-        "topic" => Some(ExchangeKind::Topic),
-        "fanout" => Some(ExchangeKind::Fanout),
-        "headers" => Some(ExchangeKind::Headers),
-        _ => None,
-    }
+    value.parse().ok()
 }
 
 /// `[queue_defaults]` after its own checks; an invalid value is `None` (already reported).

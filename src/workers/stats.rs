@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
 use serde::Serialize;
 use sqlx::MySqlPool;
+use strum::{EnumIter, IntoEnumIterator, IntoStaticStr};
 use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,10 @@ use crate::{
         management::{ManagementClient, QueueInfo},
     },
     metrics::Metrics,
-    store::failed_stats::{self, FailedCounts, FailedStats},
+    store::{
+        failed_messages::Status,
+        failed_stats::{self, FailedCounts, FailedStats},
+    },
     topology::{QueueRole, Topology},
 };
 
@@ -46,8 +50,9 @@ const DECLARE_TIMEOUT: Duration = Duration::from_secs(5);
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a snapshot's figures come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, EnumIter, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Source {
     /// Every queue of the vhost, with rates.
     ManagementApi,
@@ -59,11 +64,7 @@ pub enum Source {
 
 impl Source {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ManagementApi => "management_api",
-            Self::PassiveDeclare => "passive_declare",
-            Self::Unavailable => "unavailable",
-        }
+        self.into()
     }
 }
 
@@ -347,10 +348,10 @@ impl Gauges {
             .with_label_values::<&str>(&[])
             .set(i64::from(snapshot.source == Source::ManagementApi));
         if let Some(failed) = &snapshot.failed {
-            for status in FailedCounts::STATUSES {
+            for status in Status::iter() {
                 metrics
                     .failed_messages
-                    .with_label_values(&[status])
+                    .with_label_values(&[status.as_str()])
                     .set(gauge_value(failed.totals.get(status)));
             }
             let current: BTreeSet<String> = failed.by_queue.keys().cloned().collect();
@@ -608,9 +609,9 @@ name = "orders_queue"
     fn management_figures_are_joined_with_the_topology_and_the_failed_counts() {
         let topology = topology();
         let failed = FailedStats::from_rows([
-            ("orders_queue".to_owned(), "pending".to_owned(), 2),
-            ("orders_queue.dlq".to_owned(), "failed".to_owned(), 1),
-            ("orders_queue".to_owned(), "resolved".to_owned(), 7),
+            ("orders_queue".to_owned(), Status::Pending, 2),
+            ("orders_queue.dlq".to_owned(), Status::Failed, 1),
+            ("orders_queue".to_owned(), Status::Resolved, 7),
         ]);
         let stats = from_management(info("orders_queue", 30, 10, 0.0), &topology, Some(&failed));
         assert!(stats.managed_by_topology && !stats.is_dead_letter);
@@ -659,7 +660,7 @@ name = "orders_queue"
             database_error: None,
             failed: Some(FailedStats::from_rows([(
                 "orders_queue".to_owned(),
-                "pending".to_owned(),
+                Status::Pending,
                 4,
             )])),
             queues: vec![

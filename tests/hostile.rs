@@ -343,7 +343,6 @@ async fn oversized_and_deeply_nested_bodies_are_refused_without_harm() {
 
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -404,7 +403,6 @@ async fn only_json_content_types_are_accepted() {
     }
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -491,7 +489,6 @@ async fn bytes_that_are_not_utf8_are_invalid_json() {
     }
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 /// Past hyper's limits the request never reaches the service: hyper answers with a bare status
@@ -532,7 +529,6 @@ async fn oversized_urls_and_headers_are_refused_by_the_http_layer() {
     assert!(error["fields"]["q"].is_string(), "{error}");
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,7 +719,6 @@ async fn absurd_pagination_and_sql_in_filters_change_nothing() {
     assert_eq!(count, 1);
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -872,7 +867,6 @@ async fn path_tricks_in_ids_and_queue_names_are_not_found() {
     assert_eq!(drained.len(), 1, "a trick purged or lost the real queue's message");
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -955,7 +949,6 @@ async fn malformed_bearer_tokens_are_unauthorized() {
     }
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1092,7 +1085,6 @@ async fn every_api_route_requires_its_scope() {
         assert_eq!(answer.status, 200, "{path}");
     }
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1112,7 +1104,6 @@ async fn an_id_that_is_not_utf8_is_a_json_not_found() {
         as_admin(&app, method, path).await.expect(404, "not_found");
     }
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -1127,5 +1118,4 @@ async fn an_oversized_bulk_retry_body_is_a_json_413() {
         .await
         .expect(413, "payload_too_large");
     app.stop().await;
-    env.cleanup().await;
 }

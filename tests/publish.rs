@@ -72,7 +72,6 @@ async fn a_publish_is_confirmed_and_the_consumer_sees_the_envelope() {
     );
     assert!(metrics.contains(&line), "{metrics}");
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -198,7 +197,6 @@ async fn every_client_error_gets_its_status_and_code() {
         .unwrap();
     assert_eq!(ok.status(), 201);
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -253,7 +251,6 @@ async fn rate_limit_full_queue_and_broker_down() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert_eq!(response.json::<Value>().await.unwrap()["error"], "broker_unavailable");
     down.shutdown(Duration::from_secs(5)).await.unwrap();
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -326,7 +323,6 @@ async fn a_batch_answers_each_message_in_order() {
         "at most 500 messages"
     );
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -366,7 +362,6 @@ async fn the_same_key_twice_publishes_once() {
     let queued = drain(&env.settings, &env.name("orders_queue")).await;
     assert_eq!(queued.len(), 2, "one broker message per key");
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -398,5 +393,4 @@ async fn five_hundred_concurrent_publishes_are_each_queued_exactly_once() {
     assert_eq!(ids.len(), 500, "exactly once: no loss, no duplicate");
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), confirmed);
     app.stop().await;
-    env.cleanup().await;
 }

@@ -89,7 +89,8 @@ pub fn sha256_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Settings for one test: port 0, its own database, its own topology file.
+/// Settings for one test: port 0, its own database, its own topology file. Dropping it drops the
+/// database and deletes the topology's queues and exchanges, also when an assertion failed.
 pub struct TestEnv {
     pub prefix: String,
     pub settings: Settings,
@@ -173,19 +174,54 @@ impl TestEnv {
         }
     }
 
-    /// Drops the test database and the broker entities (best effort).
+    /// Cleans up now rather than at the end of the scope; dropping the env does the same.
     pub async fn cleanup(self) {
-        let management = ManagementClient::new(&self.settings.rabbitmq);
-        if let Ok(topology) = messages_broker::app::load_topology(&self.settings) {
-            for queue in &topology.queues {
-                let _ = management.delete_queue(&queue.name).await;
-            }
-            for exchange in &topology.exchanges {
-                let _ = management.delete_exchange(&exchange.name).await;
-            }
-        }
-        drop_database(&self.settings).await;
+        drop(self);
     }
+}
+
+impl Drop for TestEnv {
+    /// Like crates.io's `TestDatabase`: runs when the test ends, passed or panicked. `drop` cannot
+    /// be async and usually runs on the test's runtime, where blocking on another future is
+    /// refused: the cleanup gets its own thread and a small runtime there, and is waited for.
+    fn drop(&mut self) {
+        let settings = self.settings.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            // Bounded: a test that stopped the broker or the database must still end.
+            // The timer is made inside `block_on`: outside it there is no runtime to register with.
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), remove_leftovers(settings)).await })
+        });
+        // Best effort, and never a panic inside a panic: a failed cleanup only leaves leftovers.
+        if !matches!(cleanup.join(), Ok(Ok(()))) {
+            eprintln!(
+                "TestEnv {}: cleanup failed or timed out; leftovers may remain",
+                self.prefix
+            );
+        }
+    }
+}
+
+/// Deletes the topology's queues and exchanges and drops the test database (best effort).
+async fn remove_leftovers(settings: Settings) {
+    let management = ManagementClient::new(&settings.rabbitmq);
+    if let Ok(topology) = messages_broker::app::load_topology(&settings) {
+        for queue in &topology.queues {
+            let _ = management.delete_queue(&queue.name).await;
+        }
+        for exchange in &topology.exchanges {
+            let _ = management.delete_exchange(&exchange.name).await;
+        }
+    }
+    // Straight to the database: a test may have left its settings pointing at a cut proxy.
+    let direct = Settings {
+        database: TestEnv::direct_database(&settings),
+        ..settings
+    };
+    drop_database(&direct).await;
 }
 
 pub struct TestApp {
@@ -354,7 +390,10 @@ async fn create_database(settings: &Settings) {
 }
 
 async fn drop_database(settings: &Settings) {
-    let mut conn = server_connection(settings).await;
+    let options = settings.database.connect_options().database("");
+    let Ok(mut conn) = sqlx::MySqlConnection::connect_with(&options).await else {
+        return;
+    };
     let sql = format!("DROP DATABASE IF EXISTS `{}`", settings.database.database);
     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
 }

@@ -240,8 +240,34 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// GET without a token.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).send().await.expect("request sent")
+        self.anonymous().get(path).await
+    }
+
+    /// Requests as the admin client (every scope).
+    pub fn as_admin(&self) -> Caller<'_> {
+        self.caller(Some(ADMIN_TOKEN))
+    }
+
+    /// Requests as the reader client (read scope only).
+    pub fn as_reader(&self) -> Caller<'_> {
+        self.caller(Some(READER_TOKEN))
+    }
+
+    /// Requests as the orders client (publish scope, on `<prefix>_orders_exchange` only).
+    pub fn as_orders_client(&self) -> Caller<'_> {
+        self.caller(Some(ORDERS_TOKEN))
+    }
+
+    /// Requests without any token.
+    pub fn anonymous(&self) -> Caller<'_> {
+        self.caller(None)
+    }
+
+    /// Requests with `token` as the bearer token (a forged one too), or none.
+    pub fn caller<'a>(&'a self, token: Option<&'a str>) -> Caller<'a> {
+        Caller { app: self, token }
     }
 
     pub async fn ready_status(&self) -> (u16, serde_json::Value) {
@@ -281,13 +307,7 @@ impl TestApp {
 
     /// POST with the admin token and a JSON body.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.as_admin().post(path, body).await
     }
 
     pub async fn stop(self) {
@@ -296,6 +316,55 @@ impl TestApp {
             .await
             .expect("clean shutdown");
     }
+}
+
+/// One identity's requests to the app under test: its bearer token goes on each of them.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    app: &'a TestApp,
+    /// `None`: no Authorization header at all.
+    token: Option<&'a str>,
+}
+
+impl Caller<'_> {
+    /// A request to `path` with this identity's token, to add headers or a raw body to.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.app.http.request(method, self.app.url(path));
+        match self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        send(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        send(self.request(reqwest::Method::DELETE, path)).await
+    }
+}
+
+/// Sends a request that must reach the app (any status will do).
+pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.expect("request sent")
+}
+
+/// The contract's error answer: exactly `status`, and `code` as its JSON `error`. Returns the
+/// body for further checks. `what` names the case in a failed assertion.
+pub async fn expect_error(what: &str, response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status(), status, "{what}");
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .unwrap_or_else(|err| panic!("{what}: not JSON: {err}"));
+    assert_eq!(body["error"], code, "{what}: {body}");
+    body
 }
 
 /// Logs of the app under test, shown by libtest for failing tests (RUST_LOG to tune).

@@ -28,8 +28,8 @@
 #   CARGO_TARGET_DIR  default ~/.cache/messages-broker/target (shared with scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/messages-broker/target}"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 SECTIONS=(publish stats)
 
@@ -42,37 +42,18 @@ BENCH_DB=messages_broker_test_bench
 BENCH_TOPOLOGY=scripts/bench/topology.toml
 BENCH_EXCHANGE=bench_exchange
 BENCH_QUEUE=bench_queue
-MANAGEMENT_URL="${RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
-MANAGEMENT_URL="${MANAGEMENT_URL%/}"
-RABBIT_USER="${RABBITMQ_USER:-guest}"
-RABBIT_PASSWORD="${RABBITMQ_PASSWORD:-guest}"
 
 SERVICE_BIN="${CARGO_TARGET_DIR}/release/messages-broker"
 BENCH_BIN="${CARGO_TARGET_DIR}/release/examples/bench"
 SERVICE_URL="http://127.0.0.1:${BENCH_PORT}"
 
 WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/messages-broker-bench.XXXXXX")"
-SERVICE_PID=""
 SERVICE_LOG="${WORK_DIR}/service.log"
-TOKEN=""
 CONFIG_FILE="${WORK_DIR}/bench-client.toml"
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf '==> ERROR: %s\n' "$*" >&2
-    exit 1
-}
 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-# A management API call; prints the HTTP status.
-management() {
-    local method="$1" path="$2"
-    curl -s -o /dev/null -w '%{http_code}' -u "${RABBIT_USER}:${RABBIT_PASSWORD}" -X "${method}" \
-        "${MANAGEMENT_URL}${path}" || true
-}
 
 # Removes the bench queue and exchange (the service does not delete what it declared).
 delete_bench_topology() {
@@ -80,36 +61,8 @@ delete_bench_topology() {
     management DELETE "/api/exchanges/%2F/${BENCH_EXCHANGE}" >/dev/null
 }
 
-print_service_log() {
-    if [[ -s "${SERVICE_LOG}" ]]; then
-        log "service log (last 40 lines):"
-        tail -n 40 "${SERVICE_LOG}" >&2
-    fi
-}
-
 port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# SIGTERM, then wait for the clean stop (the service's own deadline is 20 s).
-stop_service() {
-    [[ -n "${SERVICE_PID}" ]] || return 0
-    local pid="${SERVICE_PID}" rc=0
-    SERVICE_PID=""
-    kill -TERM "${pid}" 2>/dev/null || return 0
-    for _ in $(seq 1 300); do
-        kill -0 "${pid}" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "${pid}" 2>/dev/null; then
-        log "service ${pid} still running 30 s after SIGTERM; killing it"
-        kill -KILL "${pid}" 2>/dev/null || true
-    fi
-    wait "${pid}" 2>/dev/null || rc=$?
-    if [[ "${rc}" -ne 0 ]]; then
-        log "service exited with code ${rc} on SIGTERM"
-        print_service_log
-    fi
 }
 
 cleanup() {
@@ -119,9 +72,7 @@ cleanup() {
     rm -rf "${WORK_DIR}"
     exit "${rc}"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # ---------------------------------------------------------------------------
 # preparation (shared by every section)
@@ -141,20 +92,19 @@ prepare() {
         die "${BENCH_TOPOLOGY} is not a valid topology"
 
     log "database ${BENCH_DB}"
-    mariadb -h127.0.0.1 -umessages_broker_user -pmessages_broker_password \
-        -e "CREATE DATABASE IF NOT EXISTS ${BENCH_DB}" ||
+    db "CREATE DATABASE IF NOT EXISTS ${BENCH_DB}" ||
         die "cannot create ${BENCH_DB} (run scripts/setup.sh: it grants messages_broker_test_% databases)"
 
-    # A client with the publish scope; only its SHA-256 goes to the service.
-    TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-    local hash
-    hash="$(printf %s "${TOKEN}" | sha256sum | cut -d' ' -f1)"
-    cat >"${CONFIG_FILE}" <<EOF
-[[auth.clients]]
-name = "bench"
-token_sha256 = "${hash}"
-scopes = ["publish"]
-EOF
+    # A client with the publish scope.
+    write_client "${CONFIG_FILE}" bench publish
+}
+
+# Ready: /api/ready answers 200.
+service_ready() {
+    local status
+    status="$(http_status /api/ready)"
+    READY_DETAIL="last /api/ready status: ${status:-none}"
+    [[ "${status}" == 200 ]]
 }
 
 # Starts the service in the background on BENCH_PORT and waits (60 s at most) for /api/ready.
@@ -170,24 +120,7 @@ start_service() {
         TOPOLOGY_FILE="${BENCH_TOPOLOGY}" DB_DATABASE="${BENCH_DB}" \
         "${SERVICE_BIN}" --config "${CONFIG_FILE}" serve "${roles[@]}" >"${SERVICE_LOG}" 2>&1 &
     SERVICE_PID=$!
-
-    local deadline=$((SECONDS + 60)) status=""
-    while ((SECONDS < deadline)); do
-        if ! kill -0 "${SERVICE_PID}" 2>/dev/null; then
-            local rc=0
-            wait "${SERVICE_PID}" || rc=$?
-            SERVICE_PID=""
-            print_service_log
-            die "the service exited during start (code ${rc})"
-        fi
-        status="$(curl -s -o /dev/null -w '%{http_code}' "${SERVICE_URL}/api/ready" || true)"
-        [[ "${status}" == 200 ]] && return 0
-        sleep 0.2
-    done
-    curl -s "${SERVICE_URL}/api/ready" >&2 || true
-    echo >&2
-    print_service_log
-    die "the service was not ready within 60 s (last /api/ready status: ${status:-none})"
+    wait_until_ready service_ready
 }
 
 # Pids of the broker and the database server, for the CPU figures (empty when not found).
@@ -219,8 +152,7 @@ print_context() {
 section_publish() {
     echo
     echo "## publish"
-    mariadb -h127.0.0.1 -umessages_broker_user -pmessages_broker_password \
-        -e "TRUNCATE TABLE ${BENCH_DB}.message_logs" || die "cannot empty ${BENCH_DB}.message_logs"
+    db "TRUNCATE TABLE ${BENCH_DB}.message_logs" || die "cannot empty ${BENCH_DB}.message_logs"
     local broker db extra=()
     broker="$(broker_pid)"
     db="$(db_pid)"

@@ -25,8 +25,8 @@
 # Needs schemathesis 3.39 with hypothesis < 6.140 (scripts/setup.sh installs both with pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/messages-broker/target}"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-50}"
 SEED="${SCHEMATHESIS_SEED:-6}"
@@ -34,59 +34,13 @@ TIME_LIMIT="${SCHEMATHESIS_TIME_LIMIT:-600}"
 PROFILE="${SCHEMATHESIS_PROFILE:-debug}"
 DB=messages_broker_test_schemathesis
 VHOST=messages_broker_schemathesis
-MANAGEMENT_URL="${RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
-MANAGEMENT_URL="${MANAGEMENT_URL%/}"
-RABBIT_USER="${RABBITMQ_USER:-guest}"
-RABBIT_PASSWORD="${RABBITMQ_PASSWORD:-guest}"
 
 SERVICE_BIN="${CARGO_TARGET_DIR}/${PROFILE}/messages-broker"
 WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/messages-broker-schemathesis.XXXXXX")"
-SERVICE_PID=""
 SERVICE_LOG="${WORK_DIR}/service.log"
 CONFIG_FILE="${WORK_DIR}/client.toml"
 TOPOLOGY_FILE_PATH="${WORK_DIR}/topology.toml"
 HOOKS_MODULE=mb_schemathesis_hooks
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf '==> ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-# A management API call with an optional JSON body; prints the HTTP status.
-management() {
-    local method="$1" path="$2" body="${3:-}"
-    local args=(-s -o /dev/null -w '%{http_code}' -u "${RABBIT_USER}:${RABBIT_PASSWORD}" -X "${method}")
-    [[ -n "${body}" ]] && args+=(-H 'content-type: application/json' -d "${body}")
-    curl "${args[@]}" "${MANAGEMENT_URL}${path}" || true
-}
-
-db() {
-    mariadb -h127.0.0.1 -umessages_broker_user -pmessages_broker_password -e "$1"
-}
-
-print_service_log() {
-    if [[ -s "${SERVICE_LOG}" ]]; then
-        log "service log (last 40 lines):"
-        tail -n 40 "${SERVICE_LOG}" >&2
-    fi
-}
-
-stop_service() {
-    [[ -n "${SERVICE_PID}" ]] || return 0
-    local pid="${SERVICE_PID}"
-    SERVICE_PID=""
-    kill -TERM "${pid}" 2>/dev/null || return 0
-    for _ in $(seq 1 300); do
-        kill -0 "${pid}" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "${pid}" 2>/dev/null; then
-        log "service ${pid} still running 30 s after SIGTERM; killing it"
-        kill -KILL "${pid}" 2>/dev/null || true
-    fi
-    wait "${pid}" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -97,9 +51,7 @@ cleanup() {
     rm -rf "${WORK_DIR}"
     exit "${rc}"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -188,19 +140,23 @@ def map_headers(context, headers):
     }
 EOF
 
-    # An admin client: every operation is reachable. Only the token's SHA-256 goes to the service.
-    TOKEN="schemathesis-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-    local hash
-    hash="$(printf %s "${TOKEN}" | sha256sum | cut -d' ' -f1)"
-    cat >"${CONFIG_FILE}" <<EOF
-[[auth.clients]]
-name = "schemathesis"
-token_sha256 = "${hash}"
-scopes = ["admin"]
+    # An admin client: every operation is reachable.
+    write_client "${CONFIG_FILE}" schemathesis admin
+    cat >>"${CONFIG_FILE}" <<EOF
 
 [stats]
 interval = "1s"
 EOF
+}
+
+# Ready: /api/ready answers 200, and so do the queue routes, which answer 503 until the stats
+# role's first poll.
+service_ready() {
+    local status queues
+    status="$(http_status /api/ready)"
+    queues="$(http_status /api/queues -H "Authorization: Bearer ${TOKEN}")"
+    READY_DETAIL="/api/ready ${status:-none}, /api/queues ${queues:-none}"
+    [[ "${status}" == 200 && "${queues}" == 200 ]]
 }
 
 start_service() {
@@ -211,27 +167,7 @@ start_service() {
         TOPOLOGY_FILE="${TOPOLOGY_FILE_PATH}" DB_DATABASE="${DB}" RABBITMQ_VHOST="${VHOST}" \
         "${SERVICE_BIN}" --config "${CONFIG_FILE}" serve >"${SERVICE_LOG}" 2>&1 &
     SERVICE_PID=$!
-
-    local deadline=$((SECONDS + 60)) status="" queues=""
-    while ((SECONDS < deadline)); do
-        if ! kill -0 "${SERVICE_PID}" 2>/dev/null; then
-            local rc=0
-            wait "${SERVICE_PID}" || rc=$?
-            SERVICE_PID=""
-            print_service_log
-            die "the service exited during start (code ${rc})"
-        fi
-        status="$(curl -s -o /dev/null -w '%{http_code}' "${SERVICE_URL}/api/ready" || true)"
-        # The queue routes answer 503 until the stats role's first poll: wait for it too.
-        queues="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN}" \
-            "${SERVICE_URL}/api/queues" || true)"
-        [[ "${status}" == 200 && "${queues}" == 200 ]] && return 0
-        sleep 0.2
-    done
-    curl -s "${SERVICE_URL}/api/ready" >&2 || true
-    echo >&2
-    print_service_log
-    die "the service was not ready within 60 s (/api/ready ${status:-none}, /api/queues ${queues:-none})"
+    wait_until_ready service_ready
 }
 
 run_schemathesis() {

@@ -11,11 +11,11 @@ use tracing::{info, warn};
 use crate::{
     amqp::connection::LinkReceiver,
     http::{self, AppContext, AppState},
+    roles::Role,
     settings::Settings,
     shared::Shared,
     topology::{self, Topology, TopologyError},
     workers::{
-        Role,
         applier::{Applier, Mode, TopologyState},
         ingester::Ingester,
         retrier::Retrier,

@@ -9,9 +9,13 @@ pub mod backoff;
 pub mod http;
 pub mod metrics;
 pub mod retry;
+pub mod roles;
 pub mod settings;
 pub mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
 pub mod workers;
+
+#[cfg(test)]
+mod enum_names_tests;

@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand};
 use messages_broker::{
     amqp::{connection, management::ManagementClient},
     app::{self, App},
-    settings::{Roles, Settings},
+    roles::Roles,
+    settings::Settings,
     store, telemetry,
     topology::{self, declare, diff},
 };
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(settings).await,
             Command::Topology(TopologyCommand::Check { file }) => check(settings, file),
             Command::Topology(TopologyCommand::Apply) => apply(settings).await,
-            Command::Topology(TopologyCommand::Diff) => drift(settings).await,
+            Command::Topology(TopologyCommand::Diff) => diff(settings).await,
         }
     })
 }
@@ -197,7 +198,7 @@ async fn apply(settings: Settings) -> ExitCode {
     }
 }
 
-async fn drift(settings: Settings) -> ExitCode {
+async fn diff(settings: Settings) -> ExitCode {
     let topology = match load_or_exit(&settings) {
         Ok(t) => t,
         Err(code) => return code,

@@ -1,4 +1,5 @@
-//! Every metric of the service, defined once. Each field's doc comment is its help text.
+//! Every metric of the service, declared once in [`metrics!`]: each field's doc comment is its
+//! help text.
 //! One registry per [`Metrics`] so that several apps in one test process do not collide.
 
 use prometheus::{
@@ -8,238 +9,156 @@ use prometheus::{
 
 const PREFIX: &str = "messages_broker";
 
-pub struct Metrics {
-    registry: Registry,
+/// Declares [`Metrics`] from one list, so that each metric is written once: its field name is its
+/// name (under [`PREFIX`]), its doc comment is its help text, its labels follow in brackets. Why-
+/// comments that must not reach the help text are plain `//` comments. Modelled on crates.io's
+/// `metrics!` (src/metrics/macros.rs).
+macro_rules! metrics {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident: $kind:ident $([$($label:literal),* $(,)?])? $(buckets = $buckets:expr)?,
+    )*) => {
+        pub struct Metrics {
+            registry: Registry,
+            $(
+                $(#[doc = $doc])+
+                pub $field: $kind,
+            )*
+        }
+
+        impl Metrics {
+            /// Every declared metric, built and registered.
+            fn declared() -> Self {
+                let registry = Registry::new();
+                $(
+                    let $field = <$kind as Declared>::build(
+                        Opts::new(stringify!($field), help(&[$($doc),+])).namespace(PREFIX),
+                        &[$($($label),*)?],
+                        None $(.or(Some($buckets)))?,
+                    );
+                    // Names come from field names, which cannot clash: a failure is a bug.
+                    registry.register(Box::new($field.clone())).expect("metric registered twice");
+                )*
+                Self { registry, $($field),* }
+            }
+        }
+    };
+}
+
+metrics! {
     /// 1 while the AMQP connection is open, 0 otherwise.
-    pub amqp_connected: IntGauge,
+    amqp_connected: IntGauge,
     /// AMQP connections lost and re-established since start.
-    pub amqp_reconnects_total: IntCounter,
+    amqp_reconnects_total: IntCounter,
     /// 1 once the topology is declared (or verified) on the current connection.
-    pub topology_applied: IntGauge,
+    topology_applied: IntGauge,
     /// Publishes through the API, by exchange and outcome.
-    pub published_total: IntCounterVec,
+    published_total: IntCounterVec["exchange", "outcome"],
     /// Time from request to broker confirm, seconds.
-    pub publish_duration_seconds: Histogram,
+    publish_duration_seconds: Histogram buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ],
     /// Messages in the queue (ready + unacked).
-    pub queue_messages: IntGaugeVec,
+    queue_messages: IntGaugeVec["queue"],
     /// Messages delivered and not yet acknowledged.
-    pub queue_messages_unacked: IntGaugeVec,
+    queue_messages_unacked: IntGaugeVec["queue"],
     /// Consumers of the queue.
-    pub queue_consumers: IntGaugeVec,
+    queue_consumers: IntGaugeVec["queue"],
     /// Capacity of the queue from the topology (x-max-length).
-    pub queue_max_length: IntGaugeVec,
+    queue_max_length: IntGaugeVec["queue"],
     /// Failed messages in the database, by status.
-    pub failed_messages: IntGaugeVec,
+    failed_messages: IntGaugeVec["status"],
     /// Dead letters stored in failed_messages, by dead-letter queue.
-    pub dead_letters_ingested_total: IntCounterVec,
+    dead_letters_ingested_total: IntCounterVec["queue"],
     /// Retries of failed messages, by outcome.
-    pub retries_total: IntCounterVec,
+    retries_total: IntCounterVec["outcome"],
     /// Publishes refused by a rate limit, by client.
-    pub rate_limited_total: IntCounterVec,
+    rate_limited_total: IntCounterVec["client"],
     /// Role restarts after a failure, by role.
-    pub role_restarts_total: IntCounterVec,
+    role_restarts_total: IntCounterVec["role"],
     /// Audit rows waiting to be written to message_logs.
-    pub audit_backlog: IntGauge,
+    audit_backlog: IntGauge,
     /// Audit rows dropped because the writer fell too far behind (database slow or down).
-    pub audit_dropped_total: IntCounter,
+    audit_dropped_total: IntCounter,
     /// Audit rows written to message_logs.
-    pub audit_written_total: IntCounter,
+    audit_written_total: IntCounter,
     /// Messages per second delivered to consumers (or fetched), from the management API.
-    pub queue_deliver_rate: GaugeVec,
+    queue_deliver_rate: GaugeVec["queue"],
     /// Ready messages of a queue whose deliveries have stalled (deliver rate ~0), else 0.
-    pub queue_consumer_lag: IntGaugeVec,
+    queue_consumer_lag: IntGaugeVec["queue"],
     /// Unresolved failed messages (pending, retrying, failed) in the database, by queue.
-    pub queue_failed_messages: IntGaugeVec,
+    queue_failed_messages: IntGaugeVec["queue"],
+    // Label-less vector: absent from processes without the stats role, instead of a false 0.
     /// 1 when the last stats poll could read the RabbitMQ management API, 0 when it fell back.
-    /// Label-less vector: absent from processes without the stats role, instead of a false 0.
-    pub management_api_up: IntGaugeVec,
+    management_api_up: IntGaugeVec[],
+    // Label-less vector, set only when there is a limit: a made-up value would mislead the
+    // memory-pressure alert, which falls back to the seed's 512 MiB on its own
+    // (compose/prometheus/alerts.yml).
     /// Memory limit of this process's cgroup (container limit), bytes; absent without a limit.
-    pub memory_limit_bytes: IntGauge,
+    memory_limit_bytes: IntGaugeVec[],
+}
+
+/// A doc comment's lines (each after `///`'s space) as one help text.
+fn help(doc: &[&str]) -> String {
+    doc.iter().map(|line| line.trim()).collect::<Vec<_>>().join(" ")
+}
+
+/// How each kind of metric that [`metrics!`] declares is built from its options.
+trait Declared: prometheus::core::Collector + Clone + 'static {
+    fn build(opts: Opts, labels: &[&str], buckets: Option<Vec<f64>>) -> Self;
+}
+
+/// Metrics without labels: declaring labels or buckets on them is a mistake in the list.
+macro_rules! declared_scalar {
+    ($($kind:ty),*) => {$(
+        impl Declared for $kind {
+            fn build(opts: Opts, labels: &[&str], buckets: Option<Vec<f64>>) -> Self {
+                assert!(labels.is_empty() && buckets.is_none(), "{}: no labels or buckets", opts.name);
+                <$kind>::with_opts(opts).expect("valid metric options")
+            }
+        }
+    )*};
+}
+
+/// Vectors, one child per label values.
+macro_rules! declared_vec {
+    ($($kind:ty),*) => {$(
+        impl Declared for $kind {
+            fn build(opts: Opts, labels: &[&str], buckets: Option<Vec<f64>>) -> Self {
+                assert!(buckets.is_none(), "{}: no buckets", opts.name);
+                <$kind>::new(opts, labels).expect("valid metric options")
+            }
+        }
+    )*};
+}
+
+declared_scalar!(IntGauge, IntCounter);
+declared_vec!(IntGaugeVec, IntCounterVec, GaugeVec);
+
+impl Declared for Histogram {
+    fn build(opts: Opts, labels: &[&str], buckets: Option<Vec<f64>>) -> Self {
+        assert!(labels.is_empty(), "{}: no labels", opts.name);
+        let mut opts = HistogramOpts::from(opts);
+        if let Some(buckets) = buckets {
+            opts = opts.buckets(buckets);
+        }
+        Histogram::with_opts(opts).expect("valid metric options")
+    }
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(PREFIX);
-        let m = Self {
-            amqp_connected: IntGauge::with_opts(opts(
-                "amqp_connected",
-                "1 while the AMQP connection is open, 0 otherwise.",
-            ))
-            .unwrap(),
-            amqp_reconnects_total: IntCounter::with_opts(opts(
-                "amqp_reconnects_total",
-                "AMQP connections lost and re-established since start.",
-            ))
-            .unwrap(),
-            topology_applied: IntGauge::with_opts(opts(
-                "topology_applied",
-                "1 once the topology is declared (or verified) on the current connection.",
-            ))
-            .unwrap(),
-            published_total: IntCounterVec::new(
-                opts("published_total", "Publishes through the API, by exchange and outcome."),
-                &["exchange", "outcome"],
-            )
-            .unwrap(),
-            publish_duration_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "publish_duration_seconds",
-                    "Time from request to broker confirm, seconds.",
-                )
-                .namespace(PREFIX)
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ]),
-            )
-            .unwrap(),
-            queue_messages: IntGaugeVec::new(
-                opts("queue_messages", "Messages in the queue (ready + unacked)."),
-                &["queue"],
-            )
-            .unwrap(),
-            queue_messages_unacked: IntGaugeVec::new(
-                opts("queue_messages_unacked", "Messages delivered and not yet acknowledged."),
-                &["queue"],
-            )
-            .unwrap(),
-            queue_consumers: IntGaugeVec::new(opts("queue_consumers", "Consumers of the queue."), &["queue"]).unwrap(),
-            queue_max_length: IntGaugeVec::new(
-                opts(
-                    "queue_max_length",
-                    "Capacity of the queue from the topology (x-max-length).",
-                ),
-                &["queue"],
-            )
-            .unwrap(),
-            failed_messages: IntGaugeVec::new(
-                opts("failed_messages", "Failed messages in the database, by status."),
-                &["status"],
-            )
-            .unwrap(),
-            dead_letters_ingested_total: IntCounterVec::new(
-                opts(
-                    "dead_letters_ingested_total",
-                    "Dead letters stored in failed_messages, by dead-letter queue.",
-                ),
-                &["queue"],
-            )
-            .unwrap(),
-            retries_total: IntCounterVec::new(
-                opts("retries_total", "Retries of failed messages, by outcome."),
-                &["outcome"],
-            )
-            .unwrap(),
-            rate_limited_total: IntCounterVec::new(
-                opts("rate_limited_total", "Publishes refused by a rate limit, by client."),
-                &["client"],
-            )
-            .unwrap(),
-            role_restarts_total: IntCounterVec::new(
-                opts("role_restarts_total", "Role restarts after a failure, by role."),
-                &["role"],
-            )
-            .unwrap(),
-            audit_backlog: IntGauge::with_opts(opts(
-                "audit_backlog",
-                "Audit rows waiting to be written to message_logs.",
-            ))
-            .unwrap(),
-            audit_dropped_total: IntCounter::with_opts(opts(
-                "audit_dropped_total",
-                "Audit rows dropped because the writer fell too far behind (database slow or down).",
-            ))
-            .unwrap(),
-            audit_written_total: IntCounter::with_opts(opts(
-                "audit_written_total",
-                "Audit rows written to message_logs.",
-            ))
-            .unwrap(),
-            queue_deliver_rate: GaugeVec::new(
-                opts(
-                    "queue_deliver_rate",
-                    "Messages per second delivered to consumers (or fetched), from the management API.",
-                ),
-                &["queue"],
-            )
-            .unwrap(),
-            queue_consumer_lag: IntGaugeVec::new(
-                opts(
-                    "queue_consumer_lag",
-                    "Ready messages of a queue whose deliveries have stalled (deliver rate ~0), else 0.",
-                ),
-                &["queue"],
-            )
-            .unwrap(),
-            queue_failed_messages: IntGaugeVec::new(
-                opts(
-                    "queue_failed_messages",
-                    "Unresolved failed messages (pending, retrying, failed) in the database, by queue.",
-                ),
-                &["queue"],
-            )
-            .unwrap(),
-            management_api_up: IntGaugeVec::new(
-                opts(
-                    "management_api_up",
-                    "1 when the last stats poll could read the RabbitMQ management API, 0 when it fell back.",
-                ),
-                &[],
-            )
-            .unwrap(),
-            memory_limit_bytes: IntGauge::with_opts(opts(
-                "memory_limit_bytes",
-                "Memory limit of this process's cgroup (container limit), bytes; absent without a limit.",
-            ))
-            .unwrap(),
-            registry,
-        };
-        m.register_all();
-        m
-    }
-
-    fn register_all(&self) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(self.amqp_connected.clone()),
-            Box::new(self.amqp_reconnects_total.clone()),
-            Box::new(self.topology_applied.clone()),
-            Box::new(self.published_total.clone()),
-            Box::new(self.publish_duration_seconds.clone()),
-            Box::new(self.queue_messages.clone()),
-            Box::new(self.queue_messages_unacked.clone()),
-            Box::new(self.queue_consumers.clone()),
-            Box::new(self.queue_max_length.clone()),
-            Box::new(self.failed_messages.clone()),
-            Box::new(self.dead_letters_ingested_total.clone()),
-            Box::new(self.retries_total.clone()),
-            Box::new(self.rate_limited_total.clone()),
-            Box::new(self.role_restarts_total.clone()),
-            Box::new(self.audit_backlog.clone()),
-            Box::new(self.audit_dropped_total.clone()),
-            Box::new(self.audit_written_total.clone()),
-            Box::new(self.queue_deliver_rate.clone()),
-            Box::new(self.queue_consumer_lag.clone()),
-            Box::new(self.queue_failed_messages.clone()),
-            Box::new(self.management_api_up.clone()),
-        ];
-        for collector in collectors {
-            // Names are constants defined above: a clash is a programming error caught by tests.
-            self.registry.register(collector).expect("metric registered twice");
-        }
-        // Only with a limit: a made-up value would mislead the memory-pressure alert, which falls
-        // back to the seed's 512 MiB on its own (compose/prometheus/alerts.yml).
+        let m = Self::declared();
         if let Some(limit) = cgroup_memory_limit().and_then(|l| i64::try_from(l).ok()) {
-            self.memory_limit_bytes.set(limit);
-            self.registry
-                .register(Box::new(self.memory_limit_bytes.clone()))
-                .expect("metric registered twice");
+            m.memory_limit_bytes.with_label_values::<&str>(&[]).set(limit);
         }
         // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total...: the
         // standard names, unprefixed, so the usual dashboards and alerts apply.
         #[cfg(target_os = "linux")]
-        self.registry
+        m.registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("metric registered twice");
+        m
     }
 
     /// The Prometheus text exposition of every metric.

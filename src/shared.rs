@@ -21,11 +21,12 @@ use crate::{
     },
     backoff::{Backoff, retry_until_ok},
     metrics::Metrics,
+    roles::Role,
     settings::Settings,
     store,
     topology::Topology,
     workers::{
-        Role, Supervisor, Worker,
+        Supervisor, Worker,
         applier::{self, TopologyState},
         stats::{self, SnapshotSender},
     },

@@ -46,5 +46,4 @@ async fn topology_comes_back_after_the_broker_restarts() {
     assert!(has_exchange, "the applier did not redeclare the deleted exchange");
 
     app.stop().await;
-    env.cleanup().await;
 }

@@ -154,7 +154,6 @@ async fn a_rejected_message_becomes_a_row_and_a_manual_retry_resolves_it() {
         "{metrics}"
     );
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -204,7 +203,6 @@ async fn automatic_retries_follow_the_schedule_and_end_in_failed_with_one_row() 
         "{metrics}"
     );
     app.stop().await;
-    env.cleanup().await;
 }
 
 fn due_row(env: &TestEnv, i: usize, exchange: &str) -> NewFailedMessage {
@@ -309,7 +307,6 @@ async fn two_retriers_on_one_database_republish_each_row_exactly_once() {
     assert_eq!(resolved, 60);
     cancel.cancel();
     app.shutdown(Duration::from_secs(10)).await.unwrap();
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -370,7 +367,6 @@ async fn the_database_cut_during_ingestion_loses_and_doubles_nothing() {
     .await;
     assert!(consumed, "the dead-letter queue is drained and still consumed");
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -530,5 +526,4 @@ async fn bulk_retry_by_filter_and_every_client_error() {
     assert_eq!(deleted.status(), 200);
     assert_eq!(row_count(&pool).await, 7);
     app.stop().await;
-    env.cleanup().await;
 }

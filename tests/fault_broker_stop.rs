@@ -242,7 +242,6 @@ async fn the_broker_stopped_and_started_under_a_publish_load() {
         assert_eq!(probe_status, 201);
         assert!(ingested, "the ingester did not consume after the restart");
         app.stop().await;
-        env.cleanup().await;
     })
     .await
     .expect("the test ran past its time limit");

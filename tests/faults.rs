@@ -142,7 +142,6 @@ async fn publishing_survives_two_connection_cuts_and_loses_no_confirmed_message(
             );
         }
         app.stop().await;
-        env.cleanup().await;
     })
     .await
     .expect("the test ran past its time limit");
@@ -273,7 +272,6 @@ async fn dead_letters_arriving_through_a_database_outage_are_stored_exactly_once
         let (ready_after, _) = app.ready_status().await;
         assert_eq!(ready_after, 200);
         app.stop().await;
-        env.cleanup().await;
     })
     .await
     .expect("the test ran past its time limit");
@@ -411,7 +409,6 @@ async fn sigterm_during_a_publish_load_lets_requests_finish_and_loses_no_confirm
             "the load never saw the server go away: {:?}",
             tally(&after)
         );
-        env.cleanup().await;
     })
     .await
     .expect("the test ran past its time limit");
@@ -510,7 +507,6 @@ async fn two_full_replicas_ingest_and_retry_each_dead_letter_exactly_once() {
         for replica in replicas {
             replica.stop().await;
         }
-        env.cleanup().await;
     })
     .await
     .expect("the test ran past its time limit");

@@ -50,7 +50,6 @@ async fn apply_is_idempotent() {
     assert_eq!(dlq.arguments["x-message-ttl"], 604_800_000);
 
     conn.close(200, "done".into()).await.unwrap();
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -119,7 +118,6 @@ async fn ready_reports_each_check_and_the_app_serves_probes() {
     );
 
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -144,7 +142,6 @@ async fn topology_comes_back_after_the_connection_is_closed() {
     assert_eq!(app.app.state.metrics.amqp_reconnects_total.get(), 1);
 
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -200,7 +197,6 @@ async fn a_drifted_queue_is_reported_not_fatal() {
 
     conn.close(200, "done".into()).await.unwrap();
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -240,7 +236,6 @@ async fn topology_diff_finds_a_hand_made_difference() {
         "{stdout}"
     );
     conn.close(200, "done".into()).await.unwrap();
-    env.cleanup().await;
 }
 
 #[test]
@@ -334,7 +329,6 @@ async fn sigterm_stops_the_process_cleanly_within_the_deadline() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0));
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -360,7 +354,6 @@ async fn mysql_tls_is_selected_by_settings() {
     } else {
         assert!(result.is_err(), "ssl_mode=required must refuse a server without TLS");
     }
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -377,5 +370,40 @@ async fn replicas_migrating_together_take_turns() {
         .await
         .unwrap();
     assert_eq!(versions, store::MIGRATOR.iter().count() as i64);
-    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_test_leaves_no_database_or_queue_behind() {
+    // A "test" that declares its topology, then fails an assertion.
+    let (names_tx, names_rx) = std::sync::mpsc::channel();
+    let failed = tokio::spawn(async move {
+        let env = TestEnv::new("dropped").await;
+        let conn = connection::connect(&env.settings.rabbitmq, "test dropped")
+            .await
+            .unwrap();
+        let topology = load_topology(&env.settings).unwrap();
+        declare::declare(&conn, &topology, declare::Probe::Existence)
+            .await
+            .unwrap();
+        let _ = conn.close(200, "declared".into()).await;
+        names_tx.send((env.settings.clone(), env.name("orders_queue"))).unwrap();
+        panic!("an assertion failed");
+    })
+    .await;
+    assert!(failed.unwrap_err().is_panic());
+    let (settings, queue) = names_rx.recv().unwrap();
+
+    let management = messages_broker::amqp::management::ManagementClient::new(&settings.rabbitmq);
+    assert!(management.queue(&queue).await.is_err(), "{queue} is still declared");
+    let options = settings.database.connect_options().database("");
+    let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .unwrap();
+    let left: Option<String> =
+        sqlx::query_scalar("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?")
+            .bind(&settings.database.database)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(left, None, "the test database is still there");
 }

@@ -222,6 +222,26 @@ async fn as_admin(app: &TestApp, method: &str, target: &str) -> Answer {
     raw(app, request(method, target, &[("Authorization", &auth)], b"")).await
 }
 
+/// `POST /api/queues/{segment}/purge` as the admin, confirmed with `confirm`.
+async fn purge(app: &TestApp, segment: &str, confirm: &[u8]) -> Answer {
+    let auth = bearer(ADMIN_TOKEN);
+    let headers: [(&str, &[u8]); 2] = [("Authorization", &auth), ("X-Confirm-Purge", confirm)];
+    raw(
+        app,
+        request("POST", &format!("/api/queues/{segment}/purge"), &headers, b""),
+    )
+    .await
+}
+
+/// Every route that takes a failed message's id, with `id` in its place.
+fn id_routes(id: &str) -> [(&'static str, String); 3] {
+    [
+        ("GET", format!("/api/messages/failed/{id}")),
+        ("DELETE", format!("/api/messages/failed/{id}")),
+        ("POST", format!("/api/messages/retry/{id}")),
+    ]
+}
+
 /// The app is still up and answering after everything a test threw at it.
 async fn still_healthy(app: &TestApp) {
     let answer = raw(app, request("GET", "/api/health", &[], b"")).await;
@@ -343,7 +363,6 @@ async fn oversized_and_deeply_nested_bodies_are_refused_without_harm() {
 
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -404,7 +423,6 @@ async fn only_json_content_types_are_accepted() {
     }
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -491,7 +509,6 @@ async fn bytes_that_are_not_utf8_are_invalid_json() {
     }
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 /// Past hyper's limits the request never reaches the service: hyper answers with a bare status
@@ -504,27 +521,32 @@ async fn oversized_urls_and_headers_are_refused_by_the_http_layer() {
     let auth = bearer(ADMIN_TOKEN);
 
     let long_query = format!("/api/messages/failed?q={}", "a".repeat(70_000));
-    let answer = raw(&app, request("GET", &long_query, &[("Authorization", &auth)], b"")).await;
-    assert_eq!((answer.status, answer.body.len()), (414, 0));
-
     let big_header = vec![b'b'; 500_000];
-    let answer = raw(
-        &app,
-        request(
-            "GET",
-            "/api/topology",
-            &[("Authorization", &auth), ("X-Big", &big_header)],
-            b"",
-        ),
-    )
-    .await;
-    assert_eq!((answer.status, answer.body.len()), (431, 0));
-
     let names: Vec<String> = (0..200).map(|i| format!("X-H{i}")).collect();
     let mut many: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"v"[..])).collect();
     many.push(("Authorization", &auth));
-    let answer = raw(&app, request("GET", "/api/topology", &many, b"")).await;
-    assert_eq!((answer.status, answer.body.len()), (431, 0));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "a 70 000-character query",
+            request("GET", &long_query, &[("Authorization", &auth)], b""),
+            414,
+        ),
+        (
+            "a 500 000-byte header",
+            request(
+                "GET",
+                "/api/topology",
+                &[("Authorization", &auth), ("X-Big", &big_header)],
+                b"",
+            ),
+            431,
+        ),
+        ("200 headers", request("GET", "/api/topology", &many, b""), 431),
+    ];
+    for (what, bytes, status) in cases {
+        let answer = raw(&app, bytes).await;
+        assert_eq!((answer.status, answer.body.len()), (status, 0), "{what}");
+    }
 
     // Under the limits, the service itself answers: a query of 300 characters is a bad filter.
     let answer = as_admin(&app, "GET", &format!("/api/messages/failed?q={}", "a".repeat(300))).await;
@@ -532,7 +554,6 @@ async fn oversized_urls_and_headers_are_refused_by_the_http_layer() {
     assert!(error["fields"]["q"].is_string(), "{error}");
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -700,15 +721,9 @@ async fn absurd_pagination_and_sql_in_filters_change_nothing() {
         "0x1".to_owned(),
     ];
     for bad in &ids {
-        as_admin(&app, "GET", &format!("/api/messages/failed/{bad}"))
-            .await
-            .expect(404, "not_found");
-        as_admin(&app, "DELETE", &format!("/api/messages/failed/{bad}"))
-            .await
-            .expect(404, "not_found");
-        as_admin(&app, "POST", &format!("/api/messages/retry/{bad}"))
-            .await
-            .expect(404, "not_found");
+        for (method, path) in id_routes(bad) {
+            as_admin(&app, method, &path).await.expect(404, "not_found");
+        }
     }
 
     // The table and its row are still there, unchanged.
@@ -723,7 +738,6 @@ async fn absurd_pagination_and_sql_in_filters_change_nothing() {
     assert_eq!(count, 1);
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -805,29 +819,14 @@ async fn path_tricks_in_ids_and_queue_names_are_not_found() {
             "{segment}: {error}"
         );
         // Even with a confirmation that repeats the trick, decoded or not.
-        let auth = bearer(ADMIN_TOKEN);
         for confirm in [segment.as_bytes(), b"..", queue.as_bytes()] {
-            let answer = raw(
-                &app,
-                request(
-                    "POST",
-                    &format!("/api/queues/{segment}/purge"),
-                    &[("Authorization", &auth), ("X-Confirm-Purge", confirm)],
-                    b"",
-                ),
-            )
-            .await;
-            let error = answer.expect(404, "not_found");
+            let error = purge(&app, segment, confirm).await.expect(404, "not_found");
             assert!(
                 error["message"].as_str().unwrap().starts_with(NAME_RULE),
                 "{segment}: {error}"
             );
         }
-        for (method, path) in [
-            ("GET", format!("/api/messages/failed/{segment}")),
-            ("DELETE", format!("/api/messages/failed/{segment}")),
-            ("POST", format!("/api/messages/retry/{segment}")),
-        ] {
+        for (method, path) in id_routes(segment) {
             as_admin(&app, method, &path).await.expect(404, "not_found");
         }
     }
@@ -838,18 +837,7 @@ async fn path_tricks_in_ids_and_queue_names_are_not_found() {
             .await
             .expect(404, "not_found");
         let decoded = segment.replace("%2e", ".").replace("%2E", ".");
-        let auth = bearer(ADMIN_TOKEN);
-        let answer = raw(
-            &app,
-            request(
-                "POST",
-                &format!("/api/queues/{segment}/purge"),
-                &[("Authorization", &auth), ("X-Confirm-Purge", decoded.as_bytes())],
-                b"",
-            ),
-        )
-        .await;
-        answer.expect(404, "not_found");
+        purge(&app, &segment, decoded.as_bytes()).await.expect(404, "not_found");
     }
     // Dot segments and doubled slashes left raw in the target (no client normalizes them here):
     // JSON 404, from the route they land on or from the fallback.
@@ -872,7 +860,6 @@ async fn path_tricks_in_ids_and_queue_names_are_not_found() {
     assert_eq!(drained.len(), 1, "a trick purged or lost the real queue's message");
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -955,7 +942,6 @@ async fn malformed_bearer_tokens_are_unauthorized() {
     }
     still_healthy(&app).await;
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1092,7 +1078,6 @@ async fn every_api_route_requires_its_scope() {
         assert_eq!(answer.status, 200, "{path}");
     }
     app.stop().await;
-    env.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1103,16 +1088,12 @@ async fn an_id_that_is_not_utf8_is_a_json_not_found() {
     let env = TestEnv::new("hostile_id8").await;
     let app = env.spawn().await;
     app.wait_ready().await;
-    for (method, path) in [
-        ("GET", "/api/messages/failed/%FF"),
-        ("DELETE", "/api/messages/failed/%FF"),
-        ("POST", "/api/messages/retry/%FF"),
-        ("GET", "/api/messages/failed/%C3%28"),
-    ] {
-        as_admin(&app, method, path).await.expect(404, "not_found");
+    let mut routes = id_routes("%FF").to_vec();
+    routes.push(("GET", "/api/messages/failed/%C3%28".into()));
+    for (method, path) in routes {
+        as_admin(&app, method, &path).await.expect(404, "not_found");
     }
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -1127,5 +1108,4 @@ async fn an_oversized_bulk_retry_body_is_a_json_413() {
         .await
         .expect(413, "payload_too_large");
     app.stop().await;
-    env.cleanup().await;
 }

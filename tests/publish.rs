@@ -21,7 +21,7 @@ async fn a_publish_is_confirmed_and_the_consumer_sees_the_envelope() {
         "message": {"event": "order.created", "data": {"order_id": 42}},
         "headers": {"tenant": "fr", "attempt": 1},
     });
-    let response = app.post_json("/api/messages/publish", &body).await;
+    let response = app.as_admin().post("/api/messages/publish", &body).await;
     assert_eq!(response.status(), 201);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["status"], "published");
@@ -72,133 +72,65 @@ async fn a_publish_is_confirmed_and_the_consumer_sees_the_envelope() {
     );
     assert!(metrics.contains(&line), "{metrics}");
     app.stop().await;
-    env.cleanup().await;
 }
+
+/// A client error: the case, who asks, the content type and the body, then the status and the
+/// error code expected.
+type ErrorCase<'a> = (&'a str, Caller<'a>, &'a str, Vec<u8>, u16, &'a str);
 
 #[tokio::test]
 async fn every_client_error_gets_its_status_and_code() {
     let env = TestEnv::new("pub_err").await;
     let app = env.spawn().await;
     app.wait_ready().await;
-    let url = app.url("/api/messages/publish");
     let orders = env.name("orders_exchange");
-    let send = |token: Option<&'static str>, body: Vec<u8>, content_type: &'static str| {
-        let mut request = app.http.post(&url).header("content-type", content_type).body(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        request.send()
-    };
     let json_bytes = |v: &Value| serde_json::to_vec(v).unwrap();
-    let check = |response: reqwest::Response, status: u16, code: &'static str| async move {
-        assert_eq!(response.status(), status);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"], code, "{body}");
-        body
-    };
+    let valid = json_bytes(&publish_body(&orders, "orders.created"));
+    let wrong_types = json_bytes(&json!({"exchange": orders, "routing_key": 5, "message": {"event": "", "data": "x"}}));
+    const JSON: &str = "application/json";
 
-    let valid = publish_body(&orders, "orders.created");
-    check(
-        send(None, json_bytes(&valid), "application/json").await.unwrap(),
-        401,
-        "unauthorized",
-    )
-    .await;
-    check(
-        send(Some("wrong"), json_bytes(&valid), "application/json")
-            .await
-            .unwrap(),
-        401,
-        "unauthorized",
-    )
-    .await;
-    check(
-        send(Some(READER_TOKEN), json_bytes(&valid), "application/json")
-            .await
-            .unwrap(),
-        403,
-        "forbidden",
-    )
-    .await;
-    let other = publish_body(&env.name("events"), "");
-    check(
-        send(Some(ORDERS_TOKEN), json_bytes(&other), "application/json")
-            .await
-            .unwrap(),
-        403,
-        "forbidden",
-    )
-    .await;
-    check(
-        send(Some(ADMIN_TOKEN), b"{not json".to_vec(), "application/json")
-            .await
-            .unwrap(),
-        400,
-        "invalid_json",
-    )
-    .await;
-    check(
-        send(Some(ADMIN_TOKEN), json_bytes(&valid), "text/plain").await.unwrap(),
-        415,
-        "unsupported_media_type",
-    )
-    .await;
-    let huge = vec![b' '; 300 * 1024];
-    check(
-        send(Some(ADMIN_TOKEN), huge, "application/json").await.unwrap(),
-        413,
-        "payload_too_large",
-    )
-    .await;
-
-    let wrong_types = json!({"exchange": orders, "routing_key": 5, "message": {"event": "", "data": "x"}});
-    let body = check(
-        send(Some(ADMIN_TOKEN), json_bytes(&wrong_types), "application/json")
-            .await
-            .unwrap(),
-        422,
-        "validation_failed",
-    )
-    .await;
-    assert_eq!(
-        body["fields"],
-        json!({"routing_key": "must be a string", "message.event": "must not be empty", "message.data": "must be an object"})
-    );
-    let unknown = publish_body("no_such_exchange", "a");
-    check(
-        send(Some(ADMIN_TOKEN), json_bytes(&unknown), "application/json")
-            .await
-            .unwrap(),
-        422,
-        "unknown_exchange",
-    )
-    .await;
-    let internal = publish_body(&env.name("dlx"), "a");
-    check(
-        send(Some(ADMIN_TOKEN), json_bytes(&internal), "application/json")
-            .await
-            .unwrap(),
-        422,
-        "unknown_exchange",
-    )
-    .await;
-    let unroutable = publish_body(&orders, "nobody.listens");
-    check(
-        send(Some(ADMIN_TOKEN), json_bytes(&unroutable), "application/json")
-            .await
-            .unwrap(),
-        422,
-        "unroutable",
-    )
-    .await;
+    let other = json_bytes(&publish_body(&env.name("events"), ""));
+    let unknown = json_bytes(&publish_body("no_such_exchange", "a"));
+    let internal = json_bytes(&publish_body(&env.name("dlx"), "a"));
+    let unroutable = json_bytes(&publish_body(&orders, "nobody.listens"));
+    let (anonymous, forged, reader) = (app.anonymous(), app.caller(Some("wrong")), app.as_reader());
+    let (orders_client, admin) = (app.as_orders_client(), app.as_admin());
+    // One request per case: who asks, with which content type and body, and the answer expected.
+    #[rustfmt::skip]
+    let cases: Vec<ErrorCase> = vec![
+        ("no token",                       anonymous,     JSON,         valid.clone(),          401, "unauthorized"),
+        ("an unknown token",               forged,        JSON,         valid.clone(),          401, "unauthorized"),
+        ("no publish scope",               reader,        JSON,         valid.clone(),          403, "forbidden"),
+        ("an exchange off the allow-list", orders_client, JSON,         other,                  403, "forbidden"),
+        ("a body that is not JSON",        admin,         JSON,         b"{not json".to_vec(),  400, "invalid_json"),
+        ("a text/plain body",              admin,         "text/plain", valid.clone(),          415, "unsupported_media_type"),
+        ("300 KiB",                        admin,         JSON,         vec![b' '; 300 * 1024], 413, "payload_too_large"),
+        ("wrong types",                    admin,         JSON,         wrong_types,            422, "validation_failed"),
+        ("an unknown exchange",            admin,         JSON,         unknown,                422, "unknown_exchange"),
+        ("an internal exchange",           admin,         JSON,         internal,               422, "unknown_exchange"),
+        ("an unroutable key",              admin,         JSON,         unroutable,             422, "unroutable"),
+    ];
+    for (what, caller, content_type, body, status, code) in cases {
+        let request = caller
+            .request(reqwest::Method::POST, "/api/messages/publish")
+            .header("content-type", content_type)
+            .body(body);
+        let error = expect_error(what, send(request).await, status, code).await;
+        if what == "wrong types" {
+            assert_eq!(
+                error["fields"],
+                json!({"routing_key": "must be a string", "message.event": "must not be empty", "message.data": "must be an object"})
+            );
+        }
+    }
 
     // The allow-listed client may publish where it is allowed.
-    let ok = send(Some(ORDERS_TOKEN), json_bytes(&valid), "application/json")
-        .await
-        .unwrap();
+    let ok = app
+        .as_orders_client()
+        .post("/api/messages/publish", &publish_body(&orders, "orders.created"))
+        .await;
     assert_eq!(ok.status(), 201);
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -211,14 +143,13 @@ async fn rate_limit_full_queue_and_broker_down() {
     let limited = publish_body(&env.name("limited_exchange"), "limited.x");
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(app.post_json("/api/messages/publish", &limited).await);
+        statuses.push(app.as_admin().post("/api/messages/publish", &limited).await);
     }
     assert_eq!(statuses[0].status(), 201);
     assert_eq!(statuses[1].status(), 201);
     let third = statuses.pop().unwrap();
-    assert_eq!(third.status(), 429);
     assert_eq!(third.headers()["retry-after"], "1");
-    assert_eq!(third.json::<Value>().await.unwrap()["error"], "rate_limited");
+    expect_error("the third of a burst of 2", third, 429, "rate_limited").await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("messages_broker_rate_limited_total{client=\"test-admin\"} 1"),
@@ -228,12 +159,11 @@ async fn rate_limit_full_queue_and_broker_down() {
     // A full queue (max-length 5, reject-publish) nacks: 503 queue_full.
     let events = publish_body(&env.name("events"), "");
     for i in 0..5 {
-        let response = app.post_json("/api/messages/publish", &events).await;
+        let response = app.as_admin().post("/api/messages/publish", &events).await;
         assert_eq!(response.status(), 201, "message {i}");
     }
-    let full = app.post_json("/api/messages/publish", &events).await;
-    assert_eq!(full.status(), 503);
-    assert_eq!(full.json::<Value>().await.unwrap()["error"], "queue_full");
+    let full = app.as_admin().post("/api/messages/publish", &events).await;
+    expect_error("a sixth message in a queue of 5", full, 503, "queue_full").await;
     app.stop().await;
 
     // No broker at all: 503 broker_unavailable, quickly.
@@ -249,11 +179,9 @@ async fn rate_limit_full_queue_and_broker_down() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 503);
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    assert_eq!(response.json::<Value>().await.unwrap()["error"], "broker_unavailable");
+    expect_error("no broker", response, 503, "broker_unavailable").await;
     down.shutdown(Duration::from_secs(5)).await.unwrap();
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -269,7 +197,7 @@ async fn a_batch_answers_each_message_in_order() {
         publish_body(&orders, "nobody.listens"),
         publish_body(&orders, "orders.c"),
     ]});
-    let response = app.post_json("/api/messages/publish/batch", &body).await;
+    let response = app.as_admin().post("/api/messages/publish/batch", &body).await;
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.unwrap();
     let results = answer["results"].as_array().unwrap();
@@ -304,7 +232,8 @@ async fn a_batch_answers_each_message_in_order() {
         })
         .collect();
     let response = app
-        .post_json("/api/messages/publish/batch", &json!({ "messages": ordered }))
+        .as_admin()
+        .post("/api/messages/publish/batch", &json!({ "messages": ordered }))
         .await;
     assert_eq!(response.status(), 200);
     let queued = drain(&env.settings, &env.name("orders_queue")).await;
@@ -319,14 +248,13 @@ async fn a_batch_answers_each_message_in_order() {
     assert_eq!(seqs, (0..500).collect::<Vec<u64>>());
 
     let too_many = json!({"messages": vec![publish_body(&orders, "orders.a"); 501]});
-    let response = app.post_json("/api/messages/publish/batch", &too_many).await;
+    let response = app.as_admin().post("/api/messages/publish/batch", &too_many).await;
     assert_eq!(response.status(), 422);
     assert_eq!(
         response.json::<Value>().await.unwrap()["fields"]["messages"],
         "at most 500 messages"
     );
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -336,9 +264,8 @@ async fn the_same_key_twice_publishes_once() {
     app.wait_ready().await;
     let body = publish_body(&env.name("orders_exchange"), "orders.created");
     let send = || {
-        app.http
-            .post(app.url("/api/messages/publish"))
-            .bearer_auth(ADMIN_TOKEN)
+        app.as_admin()
+            .request(reqwest::Method::POST, "/api/messages/publish")
             .header("Idempotency-Key", "order-42-created")
             .json(&body)
             .send()
@@ -356,7 +283,7 @@ async fn the_same_key_twice_publishes_once() {
     let mut with_id = body.clone();
     with_id["message_id"] = json!("client-chosen-id-1");
     for _ in 0..2 {
-        let response = app.post_json("/api/messages/publish", &with_id).await;
+        let response = app.as_admin().post("/api/messages/publish", &with_id).await;
         assert_eq!(response.status(), 201);
         assert_eq!(
             response.json::<Value>().await.unwrap()["message_id"],
@@ -366,7 +293,6 @@ async fn the_same_key_twice_publishes_once() {
     let queued = drain(&env.settings, &env.name("orders_queue")).await;
     assert_eq!(queued.len(), 2, "one broker message per key");
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -376,7 +302,7 @@ async fn five_hundred_concurrent_publishes_are_each_queued_exactly_once() {
     app.wait_ready().await;
     let body = publish_body(&env.name("orders_exchange"), "orders.created");
     let requests = (0..500).map(|_| async {
-        let response = app.post_json("/api/messages/publish", &body).await;
+        let response = app.as_admin().post("/api/messages/publish", &body).await;
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap();
         (status, answer["message_id"].as_str().unwrap_or_default().to_owned())
@@ -398,5 +324,4 @@ async fn five_hundred_concurrent_publishes_are_each_queued_exactly_once() {
     assert_eq!(ids.len(), 500, "exactly once: no loss, no duplicate");
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), confirmed);
     app.stop().await;
-    env.cleanup().await;
 }

@@ -12,7 +12,8 @@ use lapin::{
     types::FieldTable,
 };
 use messages_broker::{
-    settings::{Roles, Settings},
+    roles::Roles,
+    settings::Settings,
     topology::declare::{self, Probe},
 };
 use serde_json::Value;
@@ -172,7 +173,6 @@ async fn the_queue_list_holds_the_platform_queues_with_counts() {
         assert!(metrics.contains(&line), "missing `{line}` in\n{metrics}");
     }
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -244,7 +244,6 @@ async fn stats_follow_a_queue_as_messages_arrive() {
     assert!(metrics.contains("messages_broker_failed_messages{status=\"resolved\"} 1"));
     assert!(metrics.contains(&format!("messages_broker_queue_failed_messages{{queue=\"{queue}\"}} 2")));
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -288,7 +287,6 @@ async fn purge_needs_admin_and_confirmation_and_reports_the_count() {
     // The 404 closed only the throwaway channel: the app is still fine.
     assert_eq!(app.ready_status().await.0, 200);
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -319,7 +317,6 @@ async fn unknown_queues_are_404_and_odd_names_never_reach_the_broker() {
         403
     );
     app.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -368,7 +365,6 @@ async fn stats_go_on_with_the_management_api_unreachable() {
     app.stop().await;
     // Cleanup deletes the test's queues through the management API: give it the real one back.
     env.settings.rabbitmq.management_url = String::new();
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -391,5 +387,4 @@ async fn readiness_reports_the_management_api_and_api_only_processes_say_who_ser
     .await;
     assert_eq!(status, 503);
     app.stop().await;
-    env.cleanup().await;
 }

@@ -43,8 +43,7 @@ pub async fn wait_for_link(rx: &mut LinkReceiver, cancel: &CancellationToken) ->
 /// Opens one connection, named so operators (and tests) can find it in the management UI.
 pub async fn connect(settings: &RabbitMqSettings, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let uri = settings.amqp_uri();
-    let attempt = Connection::connect(&uri, properties);
+    let attempt = Connection::connect_uri(settings.amqp_uri(), properties);
     // The URI's connection_timeout covers TCP; this also bounds the AMQP handshake.
     match tokio::time::timeout(settings.connect_timeout * 2, attempt).await {
         Ok(result) => result,

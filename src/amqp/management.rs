@@ -3,10 +3,16 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use percent_encoding::{PercentEncode, utf8_percent_encode};
 use serde::{Deserialize, de::DeserializeOwned};
 
-// Percent-encoded names can never escape their path segment (`../`, `%00`, `/`).
-use crate::settings::{RabbitMqSettings, encode_component};
+use crate::settings::{RabbitMqSettings, URI_COMPONENT};
+
+/// A vhost or a name as one path segment: percent-encoded, it can never escape its segment
+/// (`../`, `%00`, `/`).
+fn segment(raw: &str) -> PercentEncode<'_> {
+    utf8_percent_encode(raw, URI_COMPONENT)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementError {
@@ -111,7 +117,7 @@ impl ManagementClient {
             base: settings.management_base(),
             user: settings.user.clone(),
             password: settings.password.expose().to_owned(),
-            vhost: encode_component(&settings.vhost),
+            vhost: segment(&settings.vhost).to_string(),
         }
     }
 
@@ -160,8 +166,7 @@ impl ManagementClient {
     }
 
     pub async fn queue(&self, name: &str) -> Result<QueueInfo, ManagementError> {
-        self.get(&format!("/api/queues/{}/{}", self.vhost, encode_component(name)))
-            .await
+        self.get(&format!("/api/queues/{}/{}", self.vhost, segment(name))).await
     }
 
     pub async fn bindings(&self) -> Result<Vec<BindingInfo>, ManagementError> {
@@ -174,17 +179,26 @@ impl ManagementClient {
 
     /// Force-closes a connection (fault injection in tests, operator tooling).
     pub async fn close_connection(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/connections/{}", encode_component(name)))
-            .await
+        self.delete(&format!("/api/connections/{}", segment(name))).await
     }
 
     pub async fn delete_queue(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/queues/{}/{}", self.vhost, encode_component(name)))
+        self.delete(&format!("/api/queues/{}/{}", self.vhost, segment(name)))
             .await
     }
 
     pub async fn delete_exchange(&self, name: &str) -> Result<(), ManagementError> {
-        self.delete(&format!("/api/exchanges/{}/{}", self.vhost, encode_component(name)))
+        self.delete(&format!("/api/exchanges/{}/{}", self.vhost, segment(name)))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_segment_keeps_unreserved_characters_and_encodes_the_rest() {
+        assert_eq!(super::segment("/").to_string(), "%2F");
+        assert_eq!(super::segment("orders.v1_dlq-x~y").to_string(), "orders.v1_dlq-x~y");
+        assert_eq!(super::segment("../a b%é").to_string(), "..%2Fa%20b%25%C3%A9");
     }
 }

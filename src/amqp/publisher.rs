@@ -139,12 +139,15 @@ async fn run(
             Ok(channel) => channel,
             Err(err) => {
                 warn!(error = %err, "Cannot open the publishing channel; retrying.");
+                // Short: callers wait on this channel. Not zero: a connection that refuses channels
+                // (closing, or at channel_max) would otherwise be asked in a tight loop.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
         info!(generation = current.generation, "Publisher ready.");
         let stop = publish_on(&channel, &mut rx, &mut link, confirm_timeout, &cancel).await;
+        // 200 is AMQP's reply-success code, not a duration.
         let _ = channel.close(200, "publisher done".into()).await;
         if stop {
             return;

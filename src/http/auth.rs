@@ -36,12 +36,8 @@ impl Client {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
-                "Client `{}` lacks the `{}` scope.",
-                self.name,
-                serde_json::to_value(scope)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                "Client `{}` lacks the `{scope}` scope.",
+                self.name
             )))
         }
     }

@@ -55,7 +55,7 @@ pub fn parse_query(pairs: &[(String, String)], paginated: bool) -> Result<ListQu
     };
     for (key, value) in pairs {
         match key.as_str() {
-            "status" => match Status::parse(value) {
+            "status" => match value.parse::<Status>().ok() {
                 Some(status) => query.filter.status = Some(status),
                 None => {
                     fields.insert(key.clone(), "must be one of pending, retrying, failed, resolved".into());

@@ -30,10 +30,11 @@ use tracing::error;
 use crate::{
     amqp::{connection::LinkReceiver, management::ManagementClient},
     metrics::Metrics,
+    roles::Role,
     settings::Settings,
     shared::{Shared, Stages},
     topology::Topology,
-    workers::{Role, applier::TopologyState, retrier::Retrier},
+    workers::{applier::TopologyState, retrier::Retrier},
 };
 
 /// What handlers read, behind one `Arc`: axum clones the state for every extractor of every

@@ -24,12 +24,10 @@ use super::{
 };
 use crate::{
     amqp::calls,
+    roles::Role,
     settings::Scope,
     topology::validate::is_plain_name,
-    workers::{
-        Role,
-        stats::{QueueStats, Snapshot},
-    },
+    workers::stats::{QueueStats, Snapshot},
 };
 
 /// The confirmation header of a purge; its value must be the queue's name.
@@ -217,7 +215,7 @@ pub async fn stats(
             },
             max_length: queue.max_length,
             depth_ratio: queue.depth_ratio,
-            failed_messages: queue.failed_pending,
+            failed_messages: queue.failed_unresolved,
             consumer_lag: queue.consumer_lag,
             source,
             taken_at,

@@ -1,17 +1,19 @@
 //! `failed_messages`: dead letters recorded by the ingester, claimed by the retrier, listed and
 //! acted on through the API. Every statement runs on MySQL 8.0 and MariaDB 10.6+.
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row, mysql::MySqlRow};
+use strum::{EnumIter, EnumString, IntoStaticStr};
 
 use super::StoreError;
 
 /// How a payload is kept: JSON as JSON; other bodies losslessly as a JSON string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, EnumIter, EnumString, IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum PayloadEncoding {
     Json,
     /// Valid UTF-8 that is not JSON: stored as a JSON string.
@@ -22,24 +24,13 @@ pub enum PayloadEncoding {
 
 impl PayloadEncoding {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Json => "json",
-            Self::Text => "text",
-            Self::Base64 => "base64",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "text" => Self::Text,
-            "base64" => Self::Base64,
-            _ => Self::Json,
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, EnumIter, EnumString, IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Status {
     Pending,
     Retrying,
@@ -48,19 +39,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [Status::Pending, Status::Retrying, Status::Failed, Status::Resolved];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Retrying => "retrying",
-            Self::Failed => "failed",
-            Self::Resolved => "resolved",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|status| status.as_str() == s)
+        self.into()
     }
 }
 
@@ -116,6 +96,26 @@ const COLUMNS: &str = "id, message_id, exchange, routing_key, queue, CAST(payloa
     CAST(death_history AS CHAR) AS death_history, error_message, retry_count, max_retries, \
     CAST(status AS CHAR) AS status, failed_at, last_retry_at, resolved_at, next_retry_at, created_at, updated_at";
 
+/// A value of an ENUM column that this code does not know: the schema and the code disagree.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown value `{0}`")]
+struct UnknownValue(String);
+
+/// Reads an ENUM column (cast to text) into its enum. An unknown value is an error, never a guess:
+/// a row shown or retried with a made-up status or encoding would be worse than no row.
+pub(super) fn enum_column<T: FromStr>(row: &MySqlRow, column: &str) -> Result<T, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    decode_enum(column, text)
+}
+
+/// The text of an ENUM column, as [`enum_column`] reads it.
+pub(super) fn decode_enum<T: FromStr>(column: &str, text: String) -> Result<T, sqlx::Error> {
+    text.parse().map_err(|_| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(UnknownValue(text)),
+    })
+}
+
 fn utc(value: NaiveDateTime) -> DateTime<Utc> {
     DateTime::from_naive_utc_and_offset(value, Utc)
 }
@@ -129,7 +129,7 @@ fn from_row(row: &MySqlRow, with_details: bool) -> Result<FailedMessage, sqlx::E
         routing_key: row.try_get("routing_key")?,
         queue: row.try_get("queue")?,
         payload: json(row.try_get("payload")?).unwrap_or(serde_json::Value::Null),
-        payload_encoding: PayloadEncoding::parse(&row.try_get::<String, _>("payload_encoding")?),
+        payload_encoding: enum_column(row, "payload_encoding")?,
         headers: if with_details {
             json(row.try_get("headers")?)
         } else {
@@ -143,7 +143,7 @@ fn from_row(row: &MySqlRow, with_details: bool) -> Result<FailedMessage, sqlx::E
         error_message: row.try_get("error_message")?,
         retry_count: row.try_get("retry_count")?,
         max_retries: row.try_get("max_retries")?,
-        status: Status::parse(&row.try_get::<String, _>("status")?).unwrap_or(Status::Pending),
+        status: enum_column(row, "status")?,
         failed_at: utc(row.try_get("failed_at")?),
         last_retry_at: row.try_get::<Option<NaiveDateTime>, _>("last_retry_at")?.map(utc),
         resolved_at: row.try_get::<Option<NaiveDateTime>, _>("resolved_at")?.map(utc),
@@ -262,7 +262,8 @@ async fn claim_one_once(pool: &MySqlPool, id: u64) -> Result<Result<Claimed, Cla
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-    let refusal = match status.as_deref().and_then(Status::parse) {
+    let status: Option<Status> = status.map(|text| decode_enum("status", text)).transpose()?;
+    let refusal = match status {
         None => Some(ClaimRefusal::NotFound),
         Some(Status::Resolved) => Some(ClaimRefusal::AlreadyResolved),
         Some(Status::Retrying) => Some(ClaimRefusal::InProgress),
@@ -317,7 +318,7 @@ async fn claim_ids(tx: &mut sqlx::Transaction<'_, MySql>, ids: &[u64]) -> Result
                 exchange: row.try_get("exchange")?,
                 routing_key: row.try_get("routing_key")?,
                 payload: row.try_get("payload")?,
-                payload_encoding: PayloadEncoding::parse(&row.try_get::<String, _>("payload_encoding")?),
+                payload_encoding: enum_column(row, "payload_encoding")?,
                 headers: row.try_get("headers")?,
                 retry_count: row.try_get("retry_count")?,
                 max_retries: row.try_get("max_retries")?,
@@ -467,4 +468,24 @@ pub async fn make_due(pool: &MySqlPool, filter: &Filter) -> Result<u64, StoreErr
     query.push(" AND status IN ('pending', 'failed')");
     let result = query.build().execute(pool).await?;
     Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_enum_value_is_an_error_not_a_guess() {
+        assert_eq!(
+            decode_enum::<Status>("status", "failed".into()).unwrap(),
+            Status::Failed
+        );
+        let err = StoreError::from(decode_enum::<Status>("status", "archived".into()).unwrap_err());
+        assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("`archived`") && err.to_string().contains("status"),
+            "{err}"
+        );
+        assert!(decode_enum::<PayloadEncoding>("payload_encoding", "utf16".into()).is_err());
+    }
 }

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::MySqlPool;
 
-use super::StoreError;
+use super::{
+    StoreError,
+    failed_messages::{Status, decode_enum},
+};
 
 /// Rows of one queue (or of the whole table) by status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -18,32 +21,27 @@ pub struct FailedCounts {
 }
 
 impl FailedCounts {
-    /// The statuses, in the order the gauges list them.
-    pub const STATUSES: [&'static str; 4] = ["pending", "retrying", "failed", "resolved"];
-
     /// Rows that still need someone: waiting for a retry, being retried, or out of retries.
     pub fn unresolved(&self) -> u64 {
         self.pending + self.retrying + self.failed
     }
 
-    pub fn get(&self, status: &str) -> u64 {
-        match status {
-            "pending" => self.pending,
-            "retrying" => self.retrying,
-            "failed" => self.failed,
-            "resolved" => self.resolved,
-            _ => 0,
-        }
+    pub fn get(&self, status: Status) -> u64 {
+        // Four u64s are cheap to copy, and one match (in `slot`) then serves reads and writes.
+        let mut copy = *self;
+        *copy.slot(status)
     }
 
-    fn add(&mut self, status: &str, count: u64) {
+    fn add(&mut self, status: Status, count: u64) {
+        *self.slot(status) += count;
+    }
+
+    fn slot(&mut self, status: Status) -> &mut u64 {
         match status {
-            "pending" => self.pending += count,
-            "retrying" => self.retrying += count,
-            "failed" => self.failed += count,
-            "resolved" => self.resolved += count,
-            // The column is an ENUM of those four: nothing else can come back.
-            _ => {}
+            Status::Pending => &mut self.pending,
+            Status::Retrying => &mut self.retrying,
+            Status::Failed => &mut self.failed,
+            Status::Resolved => &mut self.resolved,
         }
     }
 
@@ -64,12 +62,12 @@ pub struct FailedStats {
 }
 
 impl FailedStats {
-    pub fn from_rows(rows: impl IntoIterator<Item = (String, String, i64)>) -> Self {
+    pub fn from_rows(rows: impl IntoIterator<Item = (String, Status, i64)>) -> Self {
         let mut stats = Self::default();
         for (queue, status, count) in rows {
             let count = u64::try_from(count).unwrap_or(0);
-            stats.by_queue.entry(queue).or_default().add(&status, count);
-            stats.totals.add(&status, count);
+            stats.by_queue.entry(queue).or_default().add(status, count);
+            stats.totals.add(status, count);
         }
         stats
     }
@@ -80,13 +78,17 @@ impl FailedStats {
 }
 
 /// One grouped count of the table. The ENUM is cast to text: sqlx decodes it unreliably on
-/// MariaDB, and the cast reads the same on MySQL 8.0.
+/// MariaDB, and the cast reads the same on MySQL 8.0. A status this code does not know is an error.
 pub async fn count_by_queue_and_status(pool: &MySqlPool) -> Result<FailedStats, StoreError> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT queue, CAST(status AS CHAR) AS status, COUNT(*) FROM failed_messages GROUP BY queue, status",
     )
     .fetch_all(pool)
     .await?;
+    let rows = rows
+        .into_iter()
+        .map(|(queue, status, count)| Ok((queue, decode_enum("status", status)?, count)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(FailedStats::from_rows(rows))
 }
 
@@ -97,10 +99,10 @@ mod tests {
     #[test]
     fn rows_are_summed_by_queue_and_in_total() {
         let stats = FailedStats::from_rows([
-            ("orders_queue".to_owned(), "pending".to_owned(), 3),
-            ("orders_queue".to_owned(), "resolved".to_owned(), 10),
-            ("auth_queue".to_owned(), "failed".to_owned(), 2),
-            ("auth_queue".to_owned(), "retrying".to_owned(), 1),
+            ("orders_queue".to_owned(), Status::Pending, 3),
+            ("orders_queue".to_owned(), Status::Resolved, 10),
+            ("auth_queue".to_owned(), Status::Failed, 2),
+            ("auth_queue".to_owned(), Status::Retrying, 1),
         ]);
         assert_eq!(stats.queue("orders_queue").unresolved(), 3);
         assert_eq!(stats.queue("auth_queue").unresolved(), 3);
@@ -114,6 +116,6 @@ mod tests {
                 resolved: 10
             }
         );
-        assert_eq!(stats.totals.get("resolved"), 10);
+        assert_eq!(stats.totals.get(Status::Resolved), 10);
     }
 }

@@ -56,6 +56,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
+    // Five more runs cost at most ~125 ms of sleeps: enough to outlast replicas claiming together;
+    // a sixth deadlock in a row is contention that more tries here will not fix, so the error
+    // goes to the caller (the retrier tries again on its next scan, the API answers an error).
     let mut tries = 0;
     loop {
         match attempt().await {

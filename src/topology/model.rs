@@ -5,6 +5,7 @@
 //! error that would hide every other problem in the file.
 
 use serde::{Deserialize, Serialize};
+use strum::{EnumIter, EnumString, IntoStaticStr};
 
 /// The file, exactly as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -147,8 +148,9 @@ pub struct Topology {
     pub rate_limits: Vec<RateLimit>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumIter, EnumString, IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum ExchangeKind {
     Direct,
     Topic,
@@ -158,12 +160,7 @@ pub enum ExchangeKind {
 
 impl ExchangeKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Direct => "direct",
-            Self::Topic => "topic",
-            Self::Fanout => "fanout",
-            Self::Headers => "headers",
-        }
+        self.into()
     }
 }
 
@@ -176,8 +173,9 @@ pub struct Exchange {
     pub internal: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, EnumIter, EnumString, IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum QueueType {
     Classic,
     Quorum,
@@ -185,15 +183,13 @@ pub enum QueueType {
 
 impl QueueType {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Classic => "classic",
-            Self::Quorum => "quorum",
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, EnumIter, EnumString, IntoStaticStr)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Overflow {
     DropHead,
     RejectPublish,
@@ -202,11 +198,7 @@ pub enum Overflow {
 
 impl Overflow {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::DropHead => "drop-head",
-            Self::RejectPublish => "reject-publish",
-            Self::RejectPublishDlx => "reject-publish-dlx",
-        }
+        self.into()
     }
 }
 

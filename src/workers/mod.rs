@@ -12,9 +12,7 @@ pub mod ticker;
 
 use std::{
     collections::BTreeSet,
-    fmt,
     future::Future,
-    str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,56 +21,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{backoff::Backoff, metrics::Metrics};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    /// Declares the topology on start and after every reconnect.
-    Applier,
-    /// The REST API, including the rate-limited publish endpoint.
-    Api,
-    /// Dead-letter queues -> `failed_messages`.
-    Ingester,
-    /// Republishes due failed messages with backoff.
-    Retrier,
-    /// Polls queue depth, consumers and rates for the API and Prometheus.
-    Stats,
-}
-
-impl Role {
-    pub const ALL: [Role; 5] = [Role::Applier, Role::Api, Role::Ingester, Role::Retrier, Role::Stats];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applier => "applier",
-            Self::Api => "api",
-            Self::Ingester => "ingester",
-            Self::Retrier => "retrier",
-            Self::Stats => "stats",
-        }
-    }
-
-    /// Roles that read or write MySQL; a process without any of them needs no database.
-    pub fn needs_database(self) -> bool {
-        !matches!(self, Self::Applier)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (expected one of: applier, api, ingester, retrier, stats)"))
-    }
-}
 
 /// A role's loop, restartable: the supervisor runs a fresh clone after each failure.
 pub trait Worker: Clone + Send + Sync + 'static {
@@ -114,6 +62,8 @@ impl Supervisor {
         self.spawn_named(
             name,
             async move {
+                // 500 ms: a role that fails at once (broker or database just gone) does not spin;
+                // 30 s: a role comes back within half a minute of its dependency returning.
                 let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
                 loop {
                     // A nested spawn turns a panic into a JoinError instead of killing the loop.

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
 use serde::Serialize;
 use sqlx::MySqlPool;
+use strum::{EnumIter, IntoEnumIterator, IntoStaticStr};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,7 +34,10 @@ use crate::{
     },
     metrics::Metrics,
     shared::Shared,
-    store::failed_stats::{self, FailedCounts, FailedStats},
+    store::{
+        failed_messages::Status,
+        failed_stats::{self, FailedCounts, FailedStats},
+    },
     topology::{QueueRole, Topology},
 };
 
@@ -47,8 +51,9 @@ const DECLARE_TIMEOUT: Duration = Duration::from_secs(5);
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a snapshot's figures come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, EnumIter, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Source {
     /// Every queue of the vhost, with rates.
     ManagementApi,
@@ -60,11 +65,7 @@ pub enum Source {
 
 impl Source {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ManagementApi => "management_api",
-            Self::PassiveDeclare => "passive_declare",
-            Self::Unavailable => "unavailable",
-        }
+        self.into()
     }
 }
 
@@ -89,8 +90,9 @@ pub struct QueueStats {
     pub max_length: Option<u32>,
     /// `messages / max_length`.
     pub depth_ratio: Option<f64>,
-    /// Failed messages of this queue not resolved yet; `None` when the database was not read.
-    pub failed_pending: Option<u64>,
+    /// Failed messages of this queue not resolved yet (pending, retrying or failed); `None` when
+    /// the database was not read.
+    pub failed_unresolved: Option<u64>,
     /// Ready messages while deliveries stall (deliver rate ~0), else 0; `None` without rates.
     pub consumer_lag: Option<u64>,
 }
@@ -239,7 +241,7 @@ fn from_management(info: QueueInfo, topology: &Topology, failed: Option<&FailedS
         ack_rate: Some(stats.ack_details.rate),
         max_length,
         depth_ratio: depth_ratio(info.messages, max_length),
-        failed_pending: failed.map(|f| failed_for(&info.name, topology, f)),
+        failed_unresolved: failed.map(|f| failed_for(&info.name, topology, f)),
         consumer_lag: Some(if stalled { info.messages_ready } else { 0 }),
         name: info.name,
     }
@@ -311,7 +313,7 @@ async fn passive_declares(
                     ack_rate: None,
                     max_length: queue.max_length,
                     depth_ratio: depth_ratio(ready, queue.max_length),
-                    failed_pending: failed.map(|f| failed_for(&queue.name, topology, f)),
+                    failed_unresolved: failed.map(|f| failed_for(&queue.name, topology, f)),
                     consumer_lag: None,
                 });
             }
@@ -339,10 +341,10 @@ impl Gauges {
             .with_label_values::<&str>(&[])
             .set(i64::from(snapshot.source == Source::ManagementApi));
         if let Some(failed) = &snapshot.failed {
-            for status in FailedCounts::STATUSES {
+            for status in Status::iter() {
                 metrics
                     .failed_messages
-                    .with_label_values(&[status])
+                    .with_label_values(&[status.as_str()])
                     .set(gauge_value(failed.totals.get(status)));
             }
             let current: BTreeSet<String> = failed.by_queue.keys().cloned().collect();
@@ -563,9 +565,9 @@ name = "orders_queue"
     fn management_figures_are_joined_with_the_topology_and_the_failed_counts() {
         let topology = topology();
         let failed = FailedStats::from_rows([
-            ("orders_queue".to_owned(), "pending".to_owned(), 2),
-            ("orders_queue.dlq".to_owned(), "failed".to_owned(), 1),
-            ("orders_queue".to_owned(), "resolved".to_owned(), 7),
+            ("orders_queue".to_owned(), Status::Pending, 2),
+            ("orders_queue.dlq".to_owned(), Status::Failed, 1),
+            ("orders_queue".to_owned(), Status::Resolved, 7),
         ]);
         let stats = from_management(info("orders_queue", 30, 10, 0.0), &topology, Some(&failed));
         assert!(stats.managed_by_topology && !stats.is_dead_letter);
@@ -573,7 +575,7 @@ name = "orders_queue"
         assert_eq!(stats.max_length, Some(100), "the topology's capacity wins");
         assert_eq!(stats.depth_ratio, Some(0.4));
         assert_eq!(
-            stats.failed_pending,
+            stats.failed_unresolved,
             Some(3),
             "pending + failed of the queue and its DLQ"
         );
@@ -585,7 +587,7 @@ name = "orders_queue"
 
         let dlq = from_management(info("orders_queue.dlq", 0, 0, 0.0), &topology, Some(&failed));
         assert!(dlq.is_dead_letter && dlq.managed_by_topology);
-        assert_eq!(dlq.failed_pending, Some(3));
+        assert_eq!(dlq.failed_unresolved, Some(3));
         assert_eq!(dlq.consumer_lag, Some(0), "nothing ready, no lag");
 
         let flowing = from_management(info("other", 30, 10, 12.5), &topology, None);
@@ -596,7 +598,7 @@ name = "orders_queue"
             "the live argument for queues we do not declare"
         );
         assert_eq!(flowing.consumer_lag, Some(0), "deliveries flow");
-        assert_eq!(flowing.failed_pending, None);
+        assert_eq!(flowing.failed_unresolved, None);
         assert_eq!(flowing.deliver_rate, Some(12.5));
     }
 
@@ -614,7 +616,7 @@ name = "orders_queue"
             database_error: None,
             failed: Some(FailedStats::from_rows([(
                 "orders_queue".to_owned(),
-                "pending".to_owned(),
+                Status::Pending,
                 4,
             )])),
             queues: vec![

@@ -90,7 +90,8 @@ pub fn sha256_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Settings for one test: port 0, its own database, its own topology file.
+/// Settings for one test: port 0, its own database, its own topology file. Dropping it drops the
+/// database and deletes the topology's queues and exchanges, also when an assertion failed.
 pub struct TestEnv {
     pub prefix: String,
     pub settings: Settings,
@@ -174,19 +175,54 @@ impl TestEnv {
         }
     }
 
-    /// Drops the test database and the broker entities (best effort).
+    /// Cleans up now rather than at the end of the scope; dropping the env does the same.
     pub async fn cleanup(self) {
-        let management = ManagementClient::new(&self.settings.rabbitmq);
-        if let Ok(topology) = messages_broker::app::load_topology(&self.settings) {
-            for queue in &topology.queues {
-                let _ = management.delete_queue(&queue.name).await;
-            }
-            for exchange in &topology.exchanges {
-                let _ = management.delete_exchange(&exchange.name).await;
-            }
-        }
-        drop_database(&self.settings).await;
+        drop(self);
     }
+}
+
+impl Drop for TestEnv {
+    /// Like crates.io's `TestDatabase`: runs when the test ends, passed or panicked. `drop` cannot
+    /// be async and usually runs on the test's runtime, where blocking on another future is
+    /// refused: the cleanup gets its own thread and a small runtime there, and is waited for.
+    fn drop(&mut self) {
+        let settings = self.settings.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            // Bounded: a test that stopped the broker or the database must still end.
+            // The timer is made inside `block_on`: outside it there is no runtime to register with.
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), remove_leftovers(settings)).await })
+        });
+        // Best effort, and never a panic inside a panic: a failed cleanup only leaves leftovers.
+        if !matches!(cleanup.join(), Ok(Ok(()))) {
+            eprintln!(
+                "TestEnv {}: cleanup failed or timed out; leftovers may remain",
+                self.prefix
+            );
+        }
+    }
+}
+
+/// Deletes the topology's queues and exchanges and drops the test database (best effort).
+async fn remove_leftovers(settings: Settings) {
+    let management = ManagementClient::new(&settings.rabbitmq);
+    if let Ok(topology) = messages_broker::app::load_topology(&settings) {
+        for queue in &topology.queues {
+            let _ = management.delete_queue(&queue.name).await;
+        }
+        for exchange in &topology.exchanges {
+            let _ = management.delete_exchange(&exchange.name).await;
+        }
+    }
+    // Straight to the database: a test may have left its settings pointing at a cut proxy.
+    let direct = Settings {
+        database: TestEnv::direct_database(&settings),
+        ..settings
+    };
+    drop_database(&direct).await;
 }
 
 pub struct TestApp {
@@ -205,8 +241,34 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// GET without a token.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).send().await.expect("request sent")
+        self.anonymous().get(path).await
+    }
+
+    /// Requests as the admin client (every scope).
+    pub fn as_admin(&self) -> Caller<'_> {
+        self.caller(Some(ADMIN_TOKEN))
+    }
+
+    /// Requests as the reader client (read scope only).
+    pub fn as_reader(&self) -> Caller<'_> {
+        self.caller(Some(READER_TOKEN))
+    }
+
+    /// Requests as the orders client (publish scope, on `<prefix>_orders_exchange` only).
+    pub fn as_orders_client(&self) -> Caller<'_> {
+        self.caller(Some(ORDERS_TOKEN))
+    }
+
+    /// Requests without any token.
+    pub fn anonymous(&self) -> Caller<'_> {
+        self.caller(None)
+    }
+
+    /// Requests with `token` as the bearer token (a forged one too), or none.
+    pub fn caller<'a>(&'a self, token: Option<&'a str>) -> Caller<'a> {
+        Caller { app: self, token }
     }
 
     pub async fn ready_status(&self) -> (u16, serde_json::Value) {
@@ -246,13 +308,7 @@ impl TestApp {
 
     /// POST with the admin token and a JSON body.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.as_admin().post(path, body).await
     }
 
     pub async fn stop(self) {
@@ -261,6 +317,55 @@ impl TestApp {
             .await
             .expect("clean shutdown");
     }
+}
+
+/// One identity's requests to the app under test: its bearer token goes on each of them.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    app: &'a TestApp,
+    /// `None`: no Authorization header at all.
+    token: Option<&'a str>,
+}
+
+impl Caller<'_> {
+    /// A request to `path` with this identity's token, to add headers or a raw body to.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.app.http.request(method, self.app.url(path));
+        match self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        send(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        send(self.request(reqwest::Method::DELETE, path)).await
+    }
+}
+
+/// Sends a request that must reach the app (any status will do).
+pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.expect("request sent")
+}
+
+/// The contract's error answer: exactly `status`, and `code` as its JSON `error`. Returns the
+/// body for further checks. `what` names the case in a failed assertion.
+pub async fn expect_error(what: &str, response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status(), status, "{what}");
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .unwrap_or_else(|err| panic!("{what}: not JSON: {err}"));
+    assert_eq!(body["error"], code, "{what}: {body}");
+    body
 }
 
 /// Logs of the app under test, shown by libtest for failing tests (RUST_LOG to tune).
@@ -355,7 +460,10 @@ async fn create_database(settings: &Settings) {
 }
 
 async fn drop_database(settings: &Settings) {
-    let mut conn = server_connection(settings).await;
+    let options = settings.database.connect_options().database("");
+    let Ok(mut conn) = sqlx::MySqlConnection::connect_with(&options).await else {
+        return;
+    };
     let sql = format!("DROP DATABASE IF EXISTS `{}`", settings.database.database);
     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
 }

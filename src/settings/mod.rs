@@ -1,0 +1,291 @@
+//! Settings: built-in defaults < `config/default.toml` < `config/{APP_ENV}.toml` < `--config FILE`
+//! < environment (the seed's variable names, plus `MESSAGES_BROKER_<SECTION>__<KEY>` for any key).
+
+use std::{fmt, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+mod app;
+mod auth;
+mod database;
+mod publish;
+mod rabbitmq;
+mod retry;
+mod workers;
+
+pub use app::{AppSettings, LogFormat};
+pub use auth::{AuthSettings, ClientSettings, Scope};
+pub use database::{DatabaseSettings, SslMode};
+pub use publish::PublishSettings;
+pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
+pub use retry::{MessageSettings, RetrySettings};
+pub use workers::{IngestSettings, StatsSettings};
+
+/// The seed's environment variables and the setting each one sets.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("APP_NAME", "app.name"),
+    ("APP_ENV", "app.env"),
+    ("APP_HOST", "app.host"),
+    ("APP_PORT", "app.port"),
+    ("WORKER_ROLES", "app.roles"),
+    ("TOPOLOGY_FILE", "app.topology_file"),
+    ("LOG_FORMAT", "app.log_format"),
+    ("DB_CONNECTION", "database.connection"),
+    ("DB_HOST", "database.host"),
+    ("DB_PORT", "database.port"),
+    ("DB_DATABASE", "database.database"),
+    ("DB_USERNAME", "database.username"),
+    ("DB_PASSWORD", "database.password"),
+    ("RABBITMQ_HOST", "rabbitmq.host"),
+    ("RABBITMQ_PORT", "rabbitmq.port"),
+    ("RABBITMQ_MANAGEMENT_PORT", "rabbitmq.management_port"),
+    ("RABBITMQ_USER", "rabbitmq.user"),
+    ("RABBITMQ_PASSWORD", "rabbitmq.password"),
+    ("RABBITMQ_VHOST", "rabbitmq.vhost"),
+    ("MESSAGE_TTL", "message.ttl"),
+    ("MESSAGE_MAX_RETRIES", "message.max_retries"),
+    ("MESSAGE_RETRY_DELAY", "message.retry_delay"),
+    ("DLQ_TTL", "message.dlq_ttl"),
+];
+
+/// SHA-256 of `local-dev-token`, the development client's token in config/local.toml: refused
+/// in production, where a token everyone can read in the repository must not open the API.
+pub const DEV_TOKEN_SHA256: &str = "0cd48eed49739dfdd99efaef37d251aae5a80866e5954763c6597943fff5ce9b";
+
+/// Prefix of the generic environment layer: `MESSAGES_BROKER_RETRY__SCAN_INTERVAL=1s`.
+pub const ENV_PREFIX: &str = "MESSAGES_BROKER_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub app: AppSettings,
+    pub database: DatabaseSettings,
+    pub rabbitmq: RabbitMqSettings,
+    pub message: MessageSettings,
+    pub retry: RetrySettings,
+    pub publish: PublishSettings,
+    pub stats: StatsSettings,
+    pub ingest: IngestSettings,
+    pub auth: AuthSettings,
+}
+
+/// A secret string: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    // Serialized only to feed figment's defaults layer, never for output.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        lenient_string(deserializer).map(Secret)
+    }
+}
+
+/// Environment values are parsed as TOML-ish values: `DB_PASSWORD=1234` arrives as an integer.
+fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Text(s) => s,
+        Scalar::Int(n) => n.to_string(),
+        Scalar::Uint(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    })
+}
+
+/// A setting that cannot be used: one line that names the key (and the variable that set it).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{key}`{source_hint}: {reason}")]
+pub struct SettingsError {
+    pub key: String,
+    source_hint: String,
+    pub reason: String,
+}
+
+impl SettingsError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        let key = key.into();
+        let source_hint = ENV_KEYS
+            .iter()
+            .find(|(var, path)| *path == key && std::env::var_os(var).is_some())
+            .map(|(var, _)| format!(" (from {var})"))
+            .unwrap_or_default();
+        Self {
+            key,
+            source_hint,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads every layer. `config_dir` holds `default.toml` and `{APP_ENV}.toml`.
+    pub fn load(config_dir: &std::path::Path, extra_file: Option<&std::path::Path>) -> Result<Self, SettingsError> {
+        let env = std::env::var("APP_ENV").unwrap_or_else(|_| "local".into());
+        if let Some(file) = extra_file
+            && !file.is_file()
+        {
+            return Err(SettingsError::new(
+                "--config",
+                format!("{} does not exist or is not a file", file.display()),
+            ));
+        }
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(config_dir.join("default.toml")))
+            .merge(Toml::file(config_dir.join(format!("{env}.toml"))));
+        if let Some(file) = extra_file {
+            figment = figment.merge(Toml::file(file));
+        }
+        let seed_env = Env::raw()
+            .only(&ENV_KEYS.iter().map(|(var, _)| *var).collect::<Vec<_>>())
+            .map(|var| {
+                let path = ENV_KEYS
+                    .iter()
+                    .find(|(name, _)| var == *name)
+                    .map_or("", |(_, path)| path);
+                path.into()
+            });
+        figment = figment.merge(seed_env).merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let settings: Settings = figment.extract().map_err(|err| {
+            let key = err.path.join(".");
+            let reason = err.kind.to_string();
+            SettingsError::new(if key.is_empty() { "config".into() } else { key }, reason)
+        })?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Rules serde cannot express.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if self.database.connection != "mysql" {
+            return Err(SettingsError::new(
+                "database.connection",
+                format!("`{}` is not supported; use `mysql`", self.database.connection),
+            ));
+        }
+        if self.retry.backoff.is_empty() {
+            return Err(SettingsError::new("retry.backoff", "needs at least one delay"));
+        }
+        if self.retry.scan_interval.is_zero() {
+            return Err(SettingsError::new("retry.scan_interval", "must be more than 0"));
+        }
+        if self.rabbitmq.reconnect_min.is_zero() || self.rabbitmq.reconnect_max < self.rabbitmq.reconnect_min {
+            return Err(SettingsError::new(
+                "rabbitmq.reconnect_max",
+                "must be at least rabbitmq.reconnect_min, which must be more than 0",
+            ));
+        }
+        if self.publish.confirm_timeout.is_zero() {
+            return Err(SettingsError::new("publish.confirm_timeout", "must be more than 0"));
+        }
+        if self.publish.max_batch_messages == 0 || self.publish.audit_queue == 0 {
+            return Err(SettingsError::new(
+                "publish.max_batch_messages",
+                "max_batch_messages and audit_queue must be at least 1",
+            ));
+        }
+        if self.stats.interval < Duration::from_millis(100) {
+            return Err(SettingsError::new("stats.interval", "must be at least 100ms"));
+        }
+        if self.ingest.prefetch == 0 {
+            return Err(SettingsError::new("ingest.prefetch", "must be at least 1"));
+        }
+        if self.app.max_body_bytes < 1024 {
+            return Err(SettingsError::new("app.max_body_bytes", "must be at least 1024"));
+        }
+        for (i, client) in self.auth.clients.iter().enumerate() {
+            let key = format!("auth.clients[{i}].token_sha256");
+            if self.app.env == "production" && client.token_sha256.eq_ignore_ascii_case(DEV_TOKEN_SHA256) {
+                return Err(SettingsError::new(
+                    key,
+                    "the development token of config/local.toml is refused when APP_ENV=production",
+                ));
+            }
+            if client.token_sha256.len() != 64 || hex::decode(&client.token_sha256).is_err() {
+                return Err(SettingsError::new(key, "must be 64 hex digits (sha-256 of the token)"));
+            }
+            if client.name.trim().is_empty() {
+                return Err(SettingsError::new(
+                    format!("auth.clients[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_redacted_in_debug() {
+        let settings = Settings::default();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("messages_broker_password"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn the_dev_token_is_refused_in_production() {
+        let mut settings = Settings::default();
+        settings.auth.clients.push(ClientSettings {
+            name: "local-dev".into(),
+            token_sha256: DEV_TOKEN_SHA256.into(),
+            scopes: vec![Scope::Admin],
+            exchanges: None,
+        });
+        assert!(settings.check().is_ok());
+        settings.app.env = "production".into();
+        let err = settings.check().unwrap_err();
+        assert_eq!(err.key, "auth.clients[0].token_sha256");
+        assert!(err.reason.contains("production"));
+    }
+
+    #[test]
+    fn a_bad_token_hash_names_its_key() {
+        let mut settings = Settings::default();
+        settings.auth.clients.push(ClientSettings {
+            name: "x".into(),
+            token_sha256: "abc".into(),
+            scopes: vec![Scope::Read],
+            exchanges: None,
+        });
+        let err = settings.check().unwrap_err();
+        assert_eq!(err.key, "auth.clients[0].token_sha256");
+    }
+}

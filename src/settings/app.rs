@@ -1,5 +1,5 @@
 //! `[app]`: the process itself (name, environment, HTTP bind, roles, topology file, logs,
-//! shutdown deadline, body limit).
+//! shutdown deadline, body limit, HTTP server limits).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -29,6 +29,19 @@ pub struct AppSettings {
     pub shutdown_timeout: Duration,
     /// Largest accepted HTTP request body, bytes.
     pub max_body_bytes: usize,
+    /// A request head (line and headers) must arrive within this from its first byte: a client
+    /// trickling headers (slowloris) is cut instead of holding a connection forever.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long without the
+    /// first byte of a next request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A request body must arrive in full within this from the first wait for it; else 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Open HTTP connections at most; further clients wait in the kernel's accept backlog.
+    pub max_connections: usize,
 }
 
 impl Default for AppSettings {
@@ -43,6 +56,10 @@ impl Default for AppSettings {
             log_format: LogFormat::Pretty,
             shutdown_timeout: Duration::from_secs(20),
             max_body_bytes: 256 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
         }
     }
 }

@@ -226,6 +226,19 @@ impl Settings {
         if self.app.max_body_bytes < 1024 {
             return Err(SettingsError::new("app.max_body_bytes", "must be at least 1024"));
         }
+        // A zero timeout would cut every connection at once: refused rather than read as "none".
+        for (key, value) in [
+            ("app.header_read_timeout", self.app.header_read_timeout),
+            ("app.idle_timeout", self.app.idle_timeout),
+            ("app.body_read_timeout", self.app.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(SettingsError::new(key, "must be more than 0"));
+            }
+        }
+        if self.app.max_connections == 0 {
+            return Err(SettingsError::new("app.max_connections", "must be at least 1"));
+        }
         for (i, client) in self.auth.clients.iter().enumerate() {
             let key = format!("auth.clients[{i}].token_sha256");
             if self.app.env == "production" && client.token_sha256.eq_ignore_ascii_case(DEV_TOKEN_SHA256) {
@@ -287,5 +300,23 @@ mod tests {
         });
         let err = settings.check().unwrap_err();
         assert_eq!(err.key, "auth.clients[0].token_sha256");
+    }
+
+    #[test]
+    fn zero_http_limits_are_refused_naming_their_key() {
+        type Spoil = fn(&mut Settings);
+        let cases: [(&str, Spoil); 4] = [
+            ("app.header_read_timeout", |s| {
+                s.app.header_read_timeout = Duration::ZERO
+            }),
+            ("app.idle_timeout", |s| s.app.idle_timeout = Duration::ZERO),
+            ("app.body_read_timeout", |s| s.app.body_read_timeout = Duration::ZERO),
+            ("app.max_connections", |s| s.app.max_connections = 0),
+        ];
+        for (key, spoil) in cases {
+            let mut settings = Settings::default();
+            spoil(&mut settings);
+            assert_eq!(settings.check().unwrap_err().key, key);
+        }
     }
 }

@@ -74,6 +74,9 @@ metrics! {
     retries_total: IntCounterVec["outcome"],
     /// Publishes refused by a rate limit, by client.
     rate_limited_total: IntCounterVec["client"],
+    /// Times the HTTP server reached app.max_connections and stopped accepting until a connection
+    /// closed.
+    http_connection_limit_reached_total: IntCounter,
     /// Role restarts after a failure, by role.
     role_restarts_total: IntCounterVec["role"],
     /// Audit rows waiting to be written to message_logs.

@@ -1,5 +1,6 @@
 //! Reading a JSON request body ourselves, so every failure gets the contract's answer: 413
-//! `payload_too_large`, 415 `unsupported_media_type`, 400 `invalid_json` (never axum's text).
+//! `payload_too_large`, 415 `unsupported_media_type`, 400 `invalid_json`, 408 `request_timeout`
+//! for a body that stalled (never axum's text).
 
 use axum::{
     body::Bytes,
@@ -8,7 +9,10 @@ use axum::{
 };
 use serde_json::Value;
 
-use super::error::{ApiError, ErrorCode};
+use super::{
+    error::{ApiError, ErrorCode},
+    server::BodyTimedOut,
+};
 
 pub fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
@@ -30,6 +34,8 @@ pub fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(limit)
+        } else if let Some(timed_out) = BodyTimedOut::find(&rejection) {
+            ApiError::from(timed_out)
         } else {
             ApiError::new(ErrorCode::InvalidBody, "The request body could not be read.")
         }

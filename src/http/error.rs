@@ -14,6 +14,7 @@ use axum::{
 use serde::Serialize;
 use tracing::error;
 
+use super::server::BodyTimedOut;
 use crate::{
     amqp::{calls::CallError, publisher::PublishOutcome},
     store::{StoreError, failed_messages::ClaimRefusal},
@@ -30,6 +31,7 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    RequestTimeout,
     AlreadyResolved,
     RetryInProgress,
     IdempotencyConflict,
@@ -55,6 +57,7 @@ impl ErrorCode {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::AlreadyResolved | Self::RetryInProgress | Self::IdempotencyConflict | Self::PurgeRefused => {
                 StatusCode::CONFLICT
             }
@@ -183,6 +186,16 @@ impl From<StoreError> for ApiError {
             "The database is unavailable; retry later.",
         )
         .with_retry_after(1)
+    }
+}
+
+impl From<&BodyTimedOut> for ApiError {
+    fn from(timed_out: &BodyTimedOut) -> Self {
+        let limit = humantime::format_duration(timed_out.0);
+        Self::new(
+            ErrorCode::RequestTimeout,
+            format!("The request body did not arrive within {limit} (app.body_read_timeout)."),
+        )
     }
 }
 

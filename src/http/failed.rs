@@ -223,7 +223,8 @@ pub async fn retry_one(
     ),
     responses((status = 200, description = "{queued: N}: every pending or failed row matching is due now"),
         (status = 400, body = ErrorBody, description = "invalid_json"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn retry_matching(
     State(state): State<AppState>,
     Caller(client): Caller,

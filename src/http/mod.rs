@@ -11,6 +11,7 @@ pub mod probes;
 pub mod publish;
 pub mod queues;
 pub mod rate_limit;
+pub mod server;
 pub mod topology;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -93,24 +94,24 @@ impl AppContext {
     }
 }
 
-/// Binds the HTTP port (0 in tests) and serves until the first stage stops; a server failure
-/// fires `stages.fatal`. Answers the bound address.
+/// Binds the HTTP port (0 in tests) and serves until the first stage stops, under the limits of
+/// `[app]` (see [`server`]); a server that ends on its own fires `stages.fatal`. Answers the bound
+/// address.
 pub async fn serve(state: AppState, stages: &Stages) -> anyhow::Result<SocketAddr> {
     let bind = format!("{}:{}", state.settings.app.host, state.settings.app.port);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("Failed to bind the HTTP port {bind} (APP_HOST/APP_PORT)"))?;
     let addr = listener.local_addr()?;
+    let limits = server::Limits::from_settings(&state.settings.app);
+    let metrics = state.metrics.clone();
     let router = router(state);
     let (stop, fatal) = (stages.front_cancel.clone(), stages.fatal.clone());
     stages.front.spawn_named("http", async move {
-        // Small JSON answers must not wait for Nagle's algorithm: it adds milliseconds per request.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(err) = server.await {
-            error!(error = %err, "HTTP server failed; stopping.");
+        server::run(listener, router, limits, metrics, stop.clone()).await;
+        // The loop only ends when asked to; anything else leaves the process without probes.
+        if !stop.is_cancelled() {
+            error!("HTTP server ended on its own; stopping.");
             fatal.cancel();
         }
     });

@@ -476,6 +476,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 201, description = "Confirmed by the broker: {message_id, exchange, routing_key, status: published}"),
         (status = 400, body = ErrorBody, description = "invalid_json"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 408, body = ErrorBody, description = "request_timeout: the body stalled"),
         (status = 413, body = ErrorBody, description = "payload_too_large"),
         (status = 415, body = ErrorBody, description = "unsupported_media_type"),
         (status = 422, body = ErrorBody, description = "validation_failed, unknown_exchange, unroutable"),
@@ -513,7 +514,7 @@ pub async fn publish(
     responses(
         (status = 200, description = "{results: [...]}: one per message, in order; each {index, status: 201, message_id, exchange, routing_key} or {index, status, error, message}"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "not a list, or more than the batch limit"),
     ))]
 pub async fn publish_batch(

@@ -1,0 +1,336 @@
+//! The HTTP server's limits (issue 14, point 2) against a real app: headers trickled byte by byte
+//! are cut after `app.header_read_timeout`, an idle keep-alive connection is closed after
+//! `app.idle_timeout` (and not after the header timeout), a stalled body answers 408
+//! `request_timeout`, 2,000 idle connections do not keep a normal client from being served, and
+//! at `app.max_connections` a new client waits in the backlog until a slot frees.
+//!
+//! Raw sockets, as in tests/hostile.rs: client libraries neither trickle bytes nor hold idle
+//! connections on purpose. Every wait is bounded; only 127.0.0.1 is used.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use messages_broker::settings::AppSettings;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const HEALTH: &[u8] = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+/// A fresh env and an app with `tweak` applied to its `[app]` settings.
+async fn app_with(prefix: &str, tweak: impl FnOnce(&mut AppSettings)) -> (TestEnv, TestApp) {
+    let mut env = TestEnv::new(prefix).await;
+    tweak(&mut env.settings.app);
+    let app = env.spawn().await;
+    (env, app)
+}
+
+/// One raw HTTP/1.1 connection.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed by [`Conn::response`].
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(app: &TestApp) -> Self {
+        let addr = app.base.trim_start_matches("http://");
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .expect("connect within 5 s")
+            .expect("connect to the app");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send to the app");
+    }
+
+    /// The next response's status and body, or `None` when none is complete within `limit`.
+    async fn response(&mut self, limit: Duration) -> Option<(u16, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some((status, head, length)) = parse_head(&self.buf)
+                && self.buf.len() >= head + length
+            {
+                let body = self.buf[head..head + length].to_vec();
+                self.buf.drain(..head + length);
+                return Some((status, body));
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => panic!(
+                    "connection closed before a complete response: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// How long until the server closes the connection (end of stream or reset), `None` if it is
+    /// still open after `limit`. Anything the server sends meanwhile is ignored.
+    async fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(limit.saturating_sub(started.elapsed()), self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                Ok(Ok(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// `(status, head length, content length)` once the head is complete.
+fn parse_head(buf: &[u8]) -> Option<(u16, usize, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    Some((status, end, length))
+}
+
+#[track_caller]
+fn assert_between(what: &str, elapsed: Duration, low: Duration, high: Duration) {
+    assert!(
+        low <= elapsed && elapsed <= high,
+        "{what}: after {elapsed:?}, expected between {low:?} and {high:?}"
+    );
+}
+
+#[tokio::test]
+async fn headers_trickled_one_byte_per_second_are_cut_after_the_header_timeout() {
+    let (env, app) = app_with("limhdr", |app| {
+        app.header_read_timeout = Duration::from_secs(2);
+        app.idle_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let conn = Conn::open(&app).await;
+    let (mut reader, mut writer) = conn.stream.into_split();
+    let first_byte = Instant::now();
+    // A whole head at one byte a second would take ~45 s: the server must not wait for it.
+    let trickle = tokio::spawn(async move {
+        for byte in HEALTH {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut chunk = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut chunk)).await;
+    let elapsed = first_byte.elapsed();
+    trickle.abort();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection was not closed without an answer: {read:?}"
+    );
+    assert_between(
+        "trickled head cut",
+        elapsed,
+        Duration::from_millis(1900),
+        Duration::from_millis(3500),
+    );
+    // The server is fine for everyone else.
+    assert_eq!(app.get("/api/health").await.status(), 200);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let (env, app) = app_with("limidle", |app| {
+        app.header_read_timeout = Duration::from_secs(1);
+        app.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let mut kept = Conn::open(&app).await;
+    let mut silent = Conn::open(&app).await;
+    let opened = Instant::now();
+    kept.send(HEALTH).await;
+    assert_eq!(kept.response(Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+    // Past the header timeout but within the idle one: the connection must still serve.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    kept.send(HEALTH).await;
+    assert_eq!(
+        kept.response(Duration::from_secs(5)).await.map(|r| r.0),
+        Some(200),
+        "an idle keep-alive connection was closed before app.idle_timeout"
+    );
+    let answered = Instant::now();
+    let (kept_closed, silent_closed) = tokio::join!(
+        kept.closed_within(Duration::from_secs(8)),
+        silent.closed_within(Duration::from_secs(8))
+    );
+    let kept_closed = kept_closed.expect("the idle keep-alive connection was never closed");
+    assert_between(
+        "keep-alive idle close",
+        kept_closed,
+        Duration::from_millis(2700),
+        Duration::from_millis(4500),
+    );
+    // A connection that never sent a byte is idle from its accept.
+    let silent_closed = silent_closed.expect("the silent connection was never closed") + (answered - opened);
+    assert_between(
+        "silent connection close",
+        silent_closed,
+        Duration::from_millis(2700),
+        Duration::from_millis(4500),
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_body_trickled_past_the_body_timeout_answers_408_json() {
+    let (env, app) = app_with("limbody", |app| {
+        app.body_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut conn = Conn::open(&app).await;
+    let head = format!(
+        "POST /api/messages/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"exchange\":"
+    );
+    conn.send(head.as_bytes()).await;
+    let started = Instant::now();
+    // A byte every 200 ms: a timer restarted at every frame would never fire; the deadline does.
+    let (mut reader, mut writer) = conn.stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut received = Vec::new();
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((status, head, length)) = parse_head(&received)
+                && received.len() >= head + length
+            {
+                return Some((status, received[head..head + length].to_vec()));
+            }
+            match reader.read(&mut chunk).await {
+                Ok(n) if n > 0 => received.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    trickle.abort();
+    let (status, body) = answer
+        .expect("no answer within 5 s")
+        .unwrap_or_else(|| panic!("closed without an answer: {:?}", String::from_utf8_lossy(&received)));
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
+    let body: Value = serde_json::from_slice(&body).expect("a JSON error body");
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert_between(
+        "408 after the body deadline",
+        elapsed,
+        Duration::from_millis(900),
+        Duration::from_millis(3000),
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_thousand_idle_connections_do_not_keep_a_client_from_being_served() {
+    let (env, app) = app_with("limmany", |app| {
+        // Above the 2,000 held below (the default, 4096, is too): the point is that idle
+        // connections cost a slot each and nothing more.
+        app.max_connections = 2500;
+    })
+    .await;
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        idle.push(Conn::open(&app).await);
+    }
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(5), app.get("/api/health"))
+        .await
+        .expect("a normal client was not served within 5 s");
+    assert_eq!(response.status(), 200);
+    let mut fresh = Conn::open(&app).await;
+    fresh.send(HEALTH).await;
+    assert_eq!(fresh.response(Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "served only after {:?}",
+        started.elapsed()
+    );
+    // Idle connections do not hold up the stop: they close at once.
+    let stopping = Instant::now();
+    app.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    drop(idle);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_a_new_client_waits_until_a_slot_frees() {
+    let (env, app) = app_with("limmax", |app| {
+        app.max_connections = 2;
+    })
+    .await;
+    // Two connections, each served once: both hold a slot.
+    let mut first = Conn::open(&app).await;
+    let mut second = Conn::open(&app).await;
+    for conn in [&mut first, &mut second] {
+        conn.send(HEALTH).await;
+        assert_eq!(conn.response(Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+    }
+    // The third connects (the kernel's backlog completes the handshake) but is not served.
+    let mut third = Conn::open(&app).await;
+    third.send(HEALTH).await;
+    assert!(
+        third.response(Duration::from_millis(800)).await.is_none(),
+        "a third client was served beyond app.max_connections = 2"
+    );
+    drop(first);
+    let (status, _) = third
+        .response(Duration::from_secs(5))
+        .await
+        .expect("the waiting client was not served once a slot freed");
+    assert_eq!(status, 200);
+    drop(second);
+    drop(third);
+    let metrics = tokio::time::timeout(Duration::from_secs(5), async {
+        app.get("/metrics").await.text().await.expect("metrics text")
+    })
+    .await
+    .expect("metrics within 5 s");
+    let reached = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("messages_broker_http_connection_limit_reached_total "))
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    assert!(reached.is_some_and(|n| n >= 1), "limit not counted: {reached:?}");
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -29,6 +29,12 @@ async fn app_with(prefix: &str, tweak: impl FnOnce(&mut AppSettings)) -> (TestEn
     (env, app)
 }
 
+/// Stops the app cleanly (asserted), then drops the test's database and queues.
+async fn finish(env: TestEnv, app: TestApp) {
+    app.stop().await;
+    env.cleanup().await;
+}
+
 /// One raw HTTP/1.1 connection.
 struct Conn {
     stream: TcpStream,
@@ -51,6 +57,12 @@ impl Conn {
 
     async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send to the app");
+    }
+
+    /// `GET /api/health` on this connection: the answer's status, `None` without one in 5 s.
+    async fn health(&mut self) -> Option<u16> {
+        self.send(HEALTH).await;
+        self.response(Duration::from_secs(5)).await.map(|(status, _)| status)
     }
 
     /// The next response's status and body, or `None` when none is complete within `limit`.
@@ -107,8 +119,13 @@ fn parse_head(buf: &[u8]) -> Option<(u16, usize, usize)> {
     Some((status, end, length))
 }
 
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
 #[track_caller]
-fn assert_between(what: &str, elapsed: Duration, low: Duration, high: Duration) {
+fn assert_between(what: &str, elapsed: Duration, (low_ms, high_ms): (u64, u64)) {
+    let (low, high) = (Duration::from_millis(low_ms), Duration::from_millis(high_ms));
     assert!(
         low <= elapsed && elapsed <= high,
         "{what}: after {elapsed:?}, expected between {low:?} and {high:?}"
@@ -117,9 +134,9 @@ fn assert_between(what: &str, elapsed: Duration, low: Duration, high: Duration) 
 
 #[tokio::test]
 async fn headers_trickled_one_byte_per_second_are_cut_after_the_header_timeout() {
+    // Header timeout 2 s; the idle timeout far from it, so that only the head's timer can cut.
     let (env, app) = app_with("limhdr", |app| {
-        app.header_read_timeout = Duration::from_secs(2);
-        app.idle_timeout = Duration::from_secs(30);
+        (app.header_read_timeout, app.idle_timeout) = (secs(2), secs(30))
     })
     .await;
     let conn = Conn::open(&app).await;
@@ -142,35 +159,27 @@ async fn headers_trickled_one_byte_per_second_are_cut_after_the_header_timeout()
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "the connection was not closed without an answer: {read:?}"
     );
-    assert_between(
-        "trickled head cut",
-        elapsed,
-        Duration::from_millis(1900),
-        Duration::from_millis(3500),
-    );
+    assert_between("trickled head cut", elapsed, (1900, 3500));
     // The server is fine for everyone else.
     assert_eq!(app.get("/api/health").await.status(), 200);
-    app.stop().await;
-    env.cleanup().await;
+    finish(env, app).await;
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    // Idle timeout 3 s, header timeout shorter: an idle connection must outlive the latter.
     let (env, app) = app_with("limidle", |app| {
-        app.header_read_timeout = Duration::from_secs(1);
-        app.idle_timeout = Duration::from_secs(3);
+        (app.header_read_timeout, app.idle_timeout) = (secs(1), secs(3))
     })
     .await;
     let mut kept = Conn::open(&app).await;
     let mut silent = Conn::open(&app).await;
     let opened = Instant::now();
-    kept.send(HEALTH).await;
-    assert_eq!(kept.response(Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+    assert_eq!(kept.health().await, Some(200));
     // Past the header timeout but within the idle one: the connection must still serve.
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    kept.send(HEALTH).await;
     assert_eq!(
-        kept.response(Duration::from_secs(5)).await.map(|r| r.0),
+        kept.health().await,
         Some(200),
         "an idle keep-alive connection was closed before app.idle_timeout"
     );
@@ -180,22 +189,11 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
         silent.closed_within(Duration::from_secs(8))
     );
     let kept_closed = kept_closed.expect("the idle keep-alive connection was never closed");
-    assert_between(
-        "keep-alive idle close",
-        kept_closed,
-        Duration::from_millis(2700),
-        Duration::from_millis(4500),
-    );
+    assert_between("keep-alive idle close", kept_closed, (2700, 4500));
     // A connection that never sent a byte is idle from its accept.
     let silent_closed = silent_closed.expect("the silent connection was never closed") + (answered - opened);
-    assert_between(
-        "silent connection close",
-        silent_closed,
-        Duration::from_millis(2700),
-        Duration::from_millis(4500),
-    );
-    app.stop().await;
-    env.cleanup().await;
+    assert_between("silent connection close", silent_closed, (2700, 4500));
+    finish(env, app).await;
 }
 
 #[tokio::test]
@@ -246,14 +244,8 @@ async fn a_body_trickled_past_the_body_timeout_answers_408_json() {
     let body: Value = serde_json::from_slice(&body).expect("a JSON error body");
     assert_eq!(body["error"], "request_timeout", "{body}");
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-    assert_between(
-        "408 after the body deadline",
-        elapsed,
-        Duration::from_millis(900),
-        Duration::from_millis(3000),
-    );
-    app.stop().await;
-    env.cleanup().await;
+    assert_between("408 after the body deadline", elapsed, (900, 3000));
+    finish(env, app).await;
 }
 
 #[tokio::test]
@@ -274,8 +266,7 @@ async fn two_thousand_idle_connections_do_not_keep_a_client_from_being_served() 
         .expect("a normal client was not served within 5 s");
     assert_eq!(response.status(), 200);
     let mut fresh = Conn::open(&app).await;
-    fresh.send(HEALTH).await;
-    assert_eq!(fresh.response(Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+    assert_eq!(fresh.health().await, Some(200));
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "served only after {:?}",
@@ -303,8 +294,7 @@ async fn at_the_connection_limit_a_new_client_waits_until_a_slot_frees() {
     let mut first = Conn::open(&app).await;
     let mut second = Conn::open(&app).await;
     for conn in [&mut first, &mut second] {
-        conn.send(HEALTH).await;
-        assert_eq!(conn.response(Duration::from_secs(5)).await.map(|r| r.0), Some(200));
+        assert_eq!(conn.health().await, Some(200));
     }
     // The third connects (the kernel's backlog completes the handshake) but is not served.
     let mut third = Conn::open(&app).await;
@@ -331,6 +321,5 @@ async fn at_the_connection_limit_a_new_client_waits_until_a_slot_frees() {
         .find_map(|line| line.strip_prefix("messages_broker_http_connection_limit_reached_total "))
         .and_then(|value| value.trim().parse::<u64>().ok());
     assert!(reached.is_some_and(|n| n >= 1), "limit not counted: {reached:?}");
-    app.stop().await;
-    env.cleanup().await;
+    finish(env, app).await;
 }

@@ -16,7 +16,10 @@ use messages_broker::settings::AppSettings;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
 };
 
 const HEALTH: &[u8] = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
@@ -37,7 +40,9 @@ async fn finish(env: TestEnv, app: TestApp) {
 
 /// One raw HTTP/1.1 connection.
 struct Conn {
-    stream: TcpStream,
+    reader: OwnedReadHalf,
+    /// `None` once handed to a [`Conn::trickle`] task.
+    writer: Option<OwnedWriteHalf>,
     /// Bytes read and not yet consumed by [`Conn::response`].
     buf: Vec<u8>,
 }
@@ -49,14 +54,31 @@ impl Conn {
             .await
             .expect("connect within 5 s")
             .expect("connect to the app");
+        let (reader, writer) = stream.into_split();
         Self {
-            stream,
+            reader,
+            writer: Some(writer),
             buf: Vec::new(),
         }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("send to the app");
+        let writer = self.writer.as_mut().expect("the writer is still ours");
+        writer.write_all(bytes).await.expect("send to the app");
+    }
+
+    /// Sends `bytes` one at a time, `every` apart, from a task of its own (aborted by the caller),
+    /// so that the answer can be read meanwhile; stops when the server closes.
+    fn trickle(&mut self, bytes: &'static [u8], every: Duration) -> tokio::task::JoinHandle<()> {
+        let mut writer = self.writer.take().expect("the writer is still ours");
+        tokio::spawn(async move {
+            for byte in bytes {
+                if writer.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
     }
 
     /// `GET /api/health` on this connection: the answer's status, `None` without one in 5 s.
@@ -77,7 +99,7 @@ impl Conn {
                 return Some((status, body));
             }
             let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            match tokio::time::timeout_at(deadline, self.reader.read(&mut chunk)).await {
                 Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
                 Ok(_) => panic!(
                     "connection closed before a complete response: {:?}",
@@ -89,14 +111,14 @@ impl Conn {
     }
 
     /// How long until the server closes the connection (end of stream or reset), `None` if it is
-    /// still open after `limit`. Anything the server sends meanwhile is ignored.
+    /// still open after `limit`. Anything the server sends meanwhile is kept in `buf`.
     async fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
         let started = Instant::now();
         let mut chunk = [0u8; 4096];
         loop {
-            match tokio::time::timeout(limit.saturating_sub(started.elapsed()), self.stream.read(&mut chunk)).await {
+            match tokio::time::timeout(limit.saturating_sub(started.elapsed()), self.reader.read(&mut chunk)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
-                Ok(Ok(_)) => continue,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(_) => return None,
             }
         }
@@ -139,27 +161,19 @@ async fn headers_trickled_one_byte_per_second_are_cut_after_the_header_timeout()
         (app.header_read_timeout, app.idle_timeout) = (secs(2), secs(30))
     })
     .await;
-    let conn = Conn::open(&app).await;
-    let (mut reader, mut writer) = conn.stream.into_split();
+    let mut conn = Conn::open(&app).await;
     let first_byte = Instant::now();
     // A whole head at one byte a second would take ~45 s: the server must not wait for it.
-    let trickle = tokio::spawn(async move {
-        for byte in HEALTH {
-            if writer.write_all(&[*byte]).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
-    let mut chunk = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut chunk)).await;
-    let elapsed = first_byte.elapsed();
+    let trickle = conn.trickle(HEALTH, secs(1));
+    let closed = conn.closed_within(secs(10)).await;
     trickle.abort();
+    assert!(closed.is_some(), "the trickled head was not cut within 10 s");
     assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "the connection was not closed without an answer: {read:?}"
+        conn.buf.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&conn.buf)
     );
-    assert_between("trickled head cut", elapsed, (1900, 3500));
+    assert_between("trickled head cut", first_byte.elapsed(), (1900, 3500));
     // The server is fine for everyone else.
     assert_eq!(app.get("/api/health").await.status(), 200);
     finish(env, app).await;
@@ -210,41 +224,19 @@ async fn a_body_trickled_past_the_body_timeout_answers_408_json() {
     conn.send(head.as_bytes()).await;
     let started = Instant::now();
     // A byte every 200 ms: a timer restarted at every frame would never fire; the deadline does.
-    let (mut reader, mut writer) = conn.stream.into_split();
-    let trickle = tokio::spawn(async move {
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if writer.write_all(b" ").await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut received = Vec::new();
-    let answer = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some((status, head, length)) = parse_head(&received)
-                && received.len() >= head + length
-            {
-                return Some((status, received[head..head + length].to_vec()));
-            }
-            match reader.read(&mut chunk).await {
-                Ok(n) if n > 0 => received.extend_from_slice(&chunk[..n]),
-                _ => return None,
-            }
-        }
-    })
-    .await;
+    let trickle = conn.trickle(&[b' '; 100], Duration::from_millis(200));
+    let answer = conn.response(secs(5)).await;
     let elapsed = started.elapsed();
-    trickle.abort();
-    let (status, body) = answer
-        .expect("no answer within 5 s")
-        .unwrap_or_else(|| panic!("closed without an answer: {:?}", String::from_utf8_lossy(&received)));
+    let (status, body) = answer.expect("no answer within 5 s");
     assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
     let body: Value = serde_json::from_slice(&body).expect("a JSON error body");
     assert_eq!(body["error"], "request_timeout", "{body}");
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert_between("408 after the body deadline", elapsed, (900, 3000));
+    // The rest of the body was never read: the connection cannot carry another request.
+    let closed = conn.closed_within(secs(3)).await;
+    trickle.abort();
+    assert!(closed.is_some(), "the connection stayed open after the 408");
     finish(env, app).await;
 }
 

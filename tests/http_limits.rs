@@ -38,6 +38,14 @@ async fn finish(env: TestEnv, app: TestApp) {
     env.cleanup().await;
 }
 
+/// An app whose header read and idle timeouts are `header` and `idle` seconds.
+async fn app_with_timers(prefix: &str, header: u64, idle: u64) -> (TestEnv, TestApp) {
+    app_with(prefix, |app| {
+        (app.header_read_timeout, app.idle_timeout) = (secs(header), secs(idle))
+    })
+    .await
+}
+
 /// One raw HTTP/1.1 connection.
 struct Conn {
     reader: OwnedReadHalf,
@@ -157,10 +165,7 @@ fn assert_between(what: &str, elapsed: Duration, (low_ms, high_ms): (u64, u64)) 
 #[tokio::test]
 async fn headers_trickled_one_byte_per_second_are_cut_after_the_header_timeout() {
     // Header timeout 2 s; the idle timeout far from it, so that only the head's timer can cut.
-    let (env, app) = app_with("limhdr", |app| {
-        (app.header_read_timeout, app.idle_timeout) = (secs(2), secs(30))
-    })
-    .await;
+    let (env, app) = app_with_timers("limhdr", 2, 30).await;
     let mut conn = Conn::open(&app).await;
     let first_byte = Instant::now();
     // A whole head at one byte a second would take ~45 s: the server must not wait for it.
@@ -182,10 +187,7 @@ async fn headers_trickled_one_byte_per_second_are_cut_after_the_header_timeout()
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // Idle timeout 3 s, header timeout shorter: an idle connection must outlive the latter.
-    let (env, app) = app_with("limidle", |app| {
-        (app.header_read_timeout, app.idle_timeout) = (secs(1), secs(3))
-    })
-    .await;
+    let (env, app) = app_with_timers("limidle", 1, 3).await;
     let mut kept = Conn::open(&app).await;
     let mut silent = Conn::open(&app).await;
     let opened = Instant::now();

@@ -63,16 +63,25 @@ impl Stages {
     /// Stops the stages in order under one deadline; returns the tasks still running at its end.
     pub async fn shutdown(&self, deadline: Duration) -> Result<(), Vec<String>> {
         let started = tokio::time::Instant::now();
-        // Later stages get at least a second: the connection's close and the last audit rows
-        // are worth that much even when the roles used the whole deadline.
-        let left = || deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        let end = started + deadline;
+        // The later stages keep a share of the deadline even when a role hangs: settling the
+        // publisher's confirms and closing the connection are worth that much. The three waits
+        // together never pass the deadline.
+        let reserve = (deadline / 4).min(Duration::from_secs(2));
+        let until = |end: tokio::time::Instant| end.saturating_duration_since(tokio::time::Instant::now());
         let mut laggards = Vec::new();
         self.front_cancel.cancel();
-        laggards.extend(self.front.wait(deadline).await.err().unwrap_or_default());
+        laggards.extend(self.front.wait(until(end - reserve)).await.err().unwrap_or_default());
         self.pipeline_cancel.cancel();
-        laggards.extend(self.pipeline.wait(left()).await.err().unwrap_or_default());
+        laggards.extend(
+            self.pipeline
+                .wait(until(end - reserve / 2))
+                .await
+                .err()
+                .unwrap_or_default(),
+        );
         self.infra_cancel.cancel();
-        laggards.extend(self.infra.wait(left()).await.err().unwrap_or_default());
+        laggards.extend(self.infra.wait(until(end)).await.err().unwrap_or_default());
         if laggards.is_empty() {
             info!(elapsed = ?started.elapsed(), "Stopped cleanly.");
             Ok(())
@@ -189,5 +198,27 @@ async fn run_migrations(pool: MySqlPool, done: watch::Sender<bool>, cancel: Canc
     if migrated.is_some() {
         info!("Database migrated.");
         done.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Time is paused: the waits pass at once, and `elapsed` is exactly what they add up to.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_never_overruns_its_deadline_even_when_every_stage_hangs() {
+        let stages = Stages::new(&Arc::new(Metrics::new()));
+        for (supervisor, name) in [
+            (&stages.front, "role"),
+            (&stages.pipeline, "publisher"),
+            (&stages.infra, "connection"),
+        ] {
+            supervisor.spawn_named(name, std::future::pending());
+        }
+        let started = tokio::time::Instant::now();
+        let laggards = stages.shutdown(Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(laggards, ["role", "publisher", "connection"]);
+        assert!(started.elapsed() <= Duration::from_secs(2), "{:?}", started.elapsed());
     }
 }

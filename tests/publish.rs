@@ -325,3 +325,31 @@ async fn five_hundred_concurrent_publishes_are_each_queued_exactly_once() {
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), confirmed);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_publisher_stops_at_once_when_cancelled_while_it_cannot_open_a_channel() {
+    use std::sync::Arc;
+
+    use messages_broker::amqp::{
+        connection::{self, Link},
+        publisher::Publisher,
+    };
+    let settings = messages_broker::settings::Settings::default();
+    let conn = connection::connect(&settings.rabbitmq, "test closed link")
+        .await
+        .unwrap();
+    conn.close(200, "closed on purpose".into()).await.unwrap();
+    // A link whose connection refuses channels: the publisher retries every 200 ms.
+    let (_tx, link) = tokio::sync::watch::channel(Some(Link {
+        connection: Arc::new(conn),
+        generation: 1,
+    }));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (_publisher, worker) = Publisher::new(link, Duration::from_secs(1), cancel.clone());
+    let worker = tokio::spawn(worker);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let asked = std::time::Instant::now();
+    cancel.cancel();
+    worker.await.unwrap();
+    assert!(asked.elapsed() < Duration::from_millis(50), "{:?}", asked.elapsed());
+}

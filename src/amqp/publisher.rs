@@ -141,8 +141,10 @@ async fn run(
                 warn!(error = %err, "Cannot open the publishing channel; retrying.");
                 // Short: callers wait on this channel. Not zero: a connection that refuses channels
                 // (closing, or at channel_max) would otherwise be asked in a tight loop.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
             }
         };
         info!(generation = current.generation, "Publisher ready.");

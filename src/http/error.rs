@@ -4,7 +4,10 @@
 //! Every error code is an [`ErrorCode`] (listed in the OpenAPI document), and every mapping from
 //! a library error (store, publisher, broker calls, failed-message claims) to a response lives here.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use axum::{
     Json,
@@ -12,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use tracing::error;
+use tracing::{error, info, warn};
 
 use super::server::BodyTimedOut;
 use crate::{
@@ -178,15 +181,35 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether the database was away at the API's last call: an outage is logged once at warn when
+/// it starts and once at info when it ends, not at error on every request. One database per
+/// process, hence one flag.
+static DATABASE_AWAY: AtomicBool = AtomicBool::new(false);
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        error!(error = %err, "Database call failed.");
+        match err {
+            StoreError::Unavailable(_) => {
+                if !DATABASE_AWAY.swap(true, Ordering::Relaxed) {
+                    warn!(error = %err, "The database is unreachable; the API answers 503 database_unavailable until it is back.");
+                }
+            }
+            _ => error!(error = %err, "Database call failed."),
+        }
         ApiError::new(
             ErrorCode::DatabaseUnavailable,
             "The database is unavailable; retry later.",
         )
         .with_retry_after(1)
     }
+}
+
+/// A handler's database call: its error as the API's, and the end of an outage noted.
+pub fn stored<T>(result: Result<T, StoreError>) -> Result<T, ApiError> {
+    if result.is_ok() && DATABASE_AWAY.swap(false, Ordering::Relaxed) {
+        info!("The database is reachable again.");
+    }
+    result.map_err(ApiError::from)
 }
 
 impl From<&BodyTimedOut> for ApiError {
@@ -274,5 +297,53 @@ mod tests {
             "confirmation_required"
         );
         assert_eq!(ErrorCode::Unroutable.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn a_database_outage_is_logged_once_and_its_end_once() {
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..5 {
+                let err = StoreError::Unavailable(sqlx::Error::PoolTimedOut);
+                assert_eq!(ApiError::from(err).code, ErrorCode::DatabaseUnavailable);
+            }
+            stored(Ok(())).unwrap();
+            stored(Ok(())).unwrap();
+        });
+        let text = logs.text();
+        assert_eq!(text.matches("WARN").count(), 1, "{text}");
+        assert_eq!(text.matches("ERROR").count(), 0, "{text}");
+        assert_eq!(text.matches("reachable again").count(), 1, "{text}");
+    }
+
+    /// Log lines written by the subscriber under test.
+    #[derive(Clone, Default)]
+    struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl LogBuffer {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+        type Writer = LogBuffer;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
     }
 }

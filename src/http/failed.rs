@@ -20,7 +20,7 @@ use super::{
     AppState,
     auth::Caller,
     body::json_body,
-    error::{ApiError, ErrorBody, ErrorCode},
+    error::{ApiError, ErrorBody, ErrorCode, stored},
 };
 use crate::{
     settings::Scope,
@@ -159,7 +159,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Read)?;
     let query = parse_query(&query_pairs(query)?, true).map_err(ApiError::validation)?;
-    let (data, total) = failed_messages::list(pool(&state)?, &query.filter, query.page, query.per_page).await?;
+    let (data, total) = stored(failed_messages::list(pool(&state)?, &query.filter, query.page, query.per_page).await)?;
     let last_page = total.div_ceil(u64::from(query.per_page)).max(1);
     Ok(Json(json!({
         "data": data,
@@ -181,8 +181,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Read)?;
     let id = path_id(id)?;
-    let row = failed_messages::find(pool(&state)?, id)
-        .await?
+    let row = stored(failed_messages::find(pool(&state)?, id).await)?
         .ok_or_else(|| ApiError::not_found(format!("No failed message {id}.")))?;
     Ok(Json(json!(row)))
 }
@@ -203,7 +202,7 @@ pub async fn retry_one(
         .retrier
         .as_ref()
         .ok_or_else(|| ApiError::broker_unavailable("This process cannot republish."))?;
-    match retrier.retry_now(id).await? {
+    match stored(retrier.retry_now(id).await)? {
         Ok((row, true)) => {
             info!(client = %client.name, id, "Failed message retried by hand.");
             Ok(Json(json!(row)))
@@ -252,7 +251,7 @@ pub async fn retry_matching(
         }
     }
     let query = parse_query(&pairs, false).map_err(ApiError::validation)?;
-    let queued = failed_messages::make_due(pool(&state)?, &query.filter).await?;
+    let queued = stored(failed_messages::make_due(pool(&state)?, &query.filter).await)?;
     info!(client = %client.name, queued, filter = ?query.filter, "Bulk retry queued.");
     Ok(Json(json!({ "queued": queued })))
 }
@@ -268,7 +267,7 @@ pub async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
     let id = path_id(id)?;
-    if !failed_messages::delete(pool(&state)?, id).await? {
+    if !stored(failed_messages::delete(pool(&state)?, id).await)? {
         return Err(ApiError::not_found(format!("No failed message {id}.")));
     }
     info!(client = %client.name, id, "Failed message deleted.");

@@ -527,24 +527,7 @@ pub async fn publish_batch(
     client.require(Scope::Publish)?;
     let publishing = publishing(&state)?.clone();
     let mut value = json_body(&headers, body, state.settings.publish.max_batch_body_bytes)?;
-    let max = state.settings.publish.max_batch_messages;
-    let items = match value.get_mut("messages").map(Value::take) {
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= max => items,
-        Some(Value::Array(items)) => {
-            let reason = if items.is_empty() {
-                "must not be empty".into()
-            } else {
-                format!("at most {max} messages")
-            };
-            return Err(ApiError::validation(BTreeMap::from([("messages".into(), reason)])));
-        }
-        _ => {
-            return Err(ApiError::validation(BTreeMap::from([(
-                "messages".into(),
-                "must be a list".into(),
-            )])));
-        }
-    };
+    let items = batch_items(&mut value, state.settings.publish.max_batch_messages)?;
 
     let mut slots = Vec::with_capacity(items.len());
     let mut seen_ids = std::collections::HashSet::new();
@@ -596,6 +579,16 @@ pub async fn publish_batch(
     let mut body = Map::new();
     body.insert("results".into(), Value::Array(results));
     Ok(Json(Value::Object(body)))
+}
+
+/// The batch's `messages`: a list of 1 to `max` items.
+fn batch_items(body: &mut Value, max: usize) -> Result<Vec<Value>, ApiError> {
+    match body.get_mut("messages").map(Value::take) {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= max => Ok(items),
+        Some(Value::Array(items)) if items.is_empty() => Err(ApiError::invalid_field("messages", "must not be empty")),
+        Some(Value::Array(_)) => Err(ApiError::invalid_field("messages", format!("at most {max} messages"))),
+        _ => Err(ApiError::invalid_field("messages", "must be a list")),
+    }
 }
 
 #[cfg(test)]

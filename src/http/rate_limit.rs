@@ -1,16 +1,39 @@
 //! Publish rate limits from `topology.toml`: one token bucket per `[[rate_limits]]` entry, keyed
-//! by exchange, by client, or by the pair. A message must fit in every bucket that applies to it.
+//! by exchange, by client, or by the pair. A message must fit in every bucket that applies to it,
+//! and a refused message costs nothing: no bucket is charged unless all of them allow it.
+//!
+//! The buckets are GCRA (the algorithm of `governor`), written here because governor can only
+//! test-and-charge one bucket at a time: checking several would charge the first ones before a
+//! later one refuses.
 
-use std::{num::NonZeroU32, time::Duration};
-
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use crate::topology::RateLimit;
 
 struct Bucket {
     exchange: Option<String>,
     client: Option<String>,
-    limiter: DefaultDirectRateLimiter,
+    /// Time between two tokens.
+    interval: Duration,
+    /// How far ahead of now the bucket may run: `interval * (burst - 1)`.
+    tolerance: Duration,
+    /// The theoretical arrival time of the next request (GCRA's state).
+    next: Mutex<Instant>,
+}
+
+impl Bucket {
+    fn applies(&self, client: &str, exchange: &str) -> bool {
+        self.exchange.as_deref().is_none_or(|e| e == exchange) && self.client.as_deref().is_none_or(|c| c == client)
+    }
+
+    /// `Err(wait)` when a request now would not fit; charges nothing.
+    fn test(next: Instant, now: Instant, tolerance: Duration) -> Result<(), Duration> {
+        let earliest = next.checked_sub(tolerance).unwrap_or(now);
+        if earliest <= now { Ok(()) } else { Err(earliest - now) }
+    }
 }
 
 #[derive(Default)]
@@ -20,32 +43,44 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn from_topology(limits: &[RateLimit]) -> Self {
+        let now = Instant::now();
         let buckets = limits
             .iter()
             .map(|limit| {
                 // Validation guarantees both are at least 1.
-                let per_second = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
-                let burst = NonZeroU32::new(limit.burst).unwrap_or(per_second);
+                let per_second = limit.per_second.max(1);
+                let interval = Duration::from_secs(1) / per_second;
                 Bucket {
                     exchange: limit.exchange.clone(),
                     client: limit.client.clone(),
-                    limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+                    interval,
+                    tolerance: interval * limit.burst.max(1).saturating_sub(1),
+                    next: Mutex::new(now),
                 }
             })
             .collect();
         Self { buckets }
     }
 
-    /// `Err(wait)` when a bucket that applies is empty; `wait` is when it has a token again.
+    /// `Err(wait)` when a bucket that applies is empty; `wait` is when they all have a token again.
     pub fn check(&self, client: &str, exchange: &str) -> Result<(), Duration> {
-        let applies = |b: &&Bucket| {
-            b.exchange.as_deref().is_none_or(|e| e == exchange) && b.client.as_deref().is_none_or(|c| c == client)
-        };
-        for bucket in self.buckets.iter().filter(applies) {
-            if let Err(not_until) = bucket.limiter.check() {
-                let clock = governor::clock::DefaultClock::default();
-                return Err(not_until.wait_time_from(clock.now()));
-            }
+        // Locked in the buckets' order, the same for every caller: no deadlock.
+        let mut held: Vec<_> = self
+            .buckets
+            .iter()
+            .filter(|b| b.applies(client, exchange))
+            .map(|b| (b, b.next.lock().expect("rate limit bucket poisoned")))
+            .collect();
+        let now = Instant::now();
+        let wait = held
+            .iter()
+            .filter_map(|(bucket, next)| Bucket::test(**next, now, bucket.tolerance).err())
+            .max();
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        for (bucket, next) in &mut held {
+            **next = (**next).max(now) + bucket.interval;
         }
         Ok(())
     }
@@ -78,5 +113,26 @@ mod tests {
         assert!(limits.check("a", "auth_exchange").is_ok());
         assert!(limits.check("newsletters", "auth_exchange").is_ok());
         assert!(limits.check("newsletters", "auth_exchange").is_err());
+    }
+
+    #[test]
+    fn a_refused_request_charges_no_bucket() {
+        // The client's bucket allows 5; the exchange's bucket 1.
+        let limits = RateLimits::from_topology(&[
+            limit(None, Some("svc"), 1, 5),
+            limit(Some("small_exchange"), None, 1, 1),
+        ]);
+        assert!(limits.check("svc", "small_exchange").is_ok());
+        for _ in 0..3 {
+            assert!(
+                limits.check("svc", "small_exchange").is_err(),
+                "the exchange's bucket is empty"
+            );
+        }
+        // The three refusals cost the client's bucket nothing: 4 of its 5 tokens are left.
+        for i in 0..4 {
+            assert!(limits.check("svc", "other_exchange").is_ok(), "token {i}");
+        }
+        assert!(limits.check("svc", "other_exchange").is_err());
     }
 }

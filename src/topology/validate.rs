@@ -754,25 +754,31 @@ impl<'a> Validator<'a> {
     }
 
     fn check_overflow(&mut self, path: &str, value: &str) -> Option<Overflow> {
-        let overflow = value.parse().ok();
-        if overflow.is_none() {
-            self.error(
-                path,
-                format!("unknown overflow `{value}` (expected drop-head, reject-publish or reject-publish-dlx)"),
-            );
-        }
-        overflow
+        self.check_name_of(
+            path,
+            value,
+            "overflow",
+            "drop-head, reject-publish or reject-publish-dlx",
+        )
     }
 
     fn check_queue_type(&mut self, path: &str, value: &str) -> Option<QueueType> {
-        let queue_type = value.parse().ok();
-        if queue_type.is_none() {
-            self.error(
-                path,
-                format!("unknown queue type `{value}` (expected classic or quorum)"),
-            );
+        self.check_name_of(path, value, "queue type", "classic or quorum")
+    }
+
+    /// One of a fixed set of names, e.g. an overflow mode.
+    fn check_name_of<T: std::str::FromStr>(
+        &mut self,
+        path: &str,
+        value: &str,
+        what: &str,
+        expected: &str,
+    ) -> Option<T> {
+        let parsed = value.parse().ok();
+        if parsed.is_none() {
+            self.error(path, format!("unknown {what} `{value}` (expected {expected})"));
         }
-        queue_type
+        parsed
     }
 
     /// A dead-letter exchange must be declared, and direct: dead-letter queues are bound by the

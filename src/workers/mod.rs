@@ -22,6 +22,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{backoff::Backoff, metrics::Metrics};
 
+/// A role that ran this long before failing starts its restart backoff from the shortest wait.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
 /// A role's loop, restartable: the supervisor runs a fresh clone after each failure.
 pub trait Worker: Clone + Send + Sync + 'static {
     /// The task's name in logs, spans and `messages_broker_role_restarts_total`.
@@ -66,8 +69,14 @@ impl Supervisor {
                 // 30 s: a role comes back within half a minute of its dependency returning.
                 let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
                 loop {
+                    let started = tokio::time::Instant::now();
                     // A nested spawn turns a panic into a JoinError instead of killing the loop.
                     let result = tokio::spawn(make().instrument(tracing::Span::current())).await;
+                    // A run that stayed healthy for a while ends the streak: one crash a day must
+                    // not inherit the waits of the crashes before it.
+                    if started.elapsed() >= HEALTHY_RUN {
+                        backoff.reset();
+                    }
                     if cancel.is_cancelled() {
                         if let Ok(Err(err)) = &result {
                             warn!(error = format!("{err:#}"), "Task ended with an error while stopping.");
@@ -130,5 +139,42 @@ impl Supervisor {
                 .cloned()
                 .collect()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Time is paused: the supervisor's sleeps and the role's long run pass at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_restart_backoff_starts_over_after_a_healthy_run() {
+        let supervisor = Supervisor::new(Arc::new(Metrics::new()));
+        let cancel = CancellationToken::new();
+        let runs = Arc::new(AtomicU32::new(0));
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let (counter, log) = (runs.clone(), starts.clone());
+        supervisor.spawn_supervised("flaky", cancel.clone(), move || {
+            let run = counter.fetch_add(1, Ordering::SeqCst);
+            log.lock().unwrap().push(tokio::time::Instant::now());
+            async move {
+                // Eight quick failures grow the backoff to its maximum, then a healthy run.
+                if run == 8 {
+                    tokio::time::sleep(HEALTHY_RUN * 2).await;
+                }
+                anyhow::bail!("failure {run}")
+            }
+        });
+        while runs.load(Ordering::SeqCst) < 10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        cancel.cancel();
+        let starts = starts.lock().unwrap().clone();
+        let before_health = starts[8] - starts[7];
+        let after_health = starts[9] - (starts[8] + HEALTHY_RUN * 2);
+        assert!(before_health >= Duration::from_secs(15), "{before_health:?}");
+        assert!(after_health <= Duration::from_millis(500), "{after_health:?}");
     }
 }

@@ -16,7 +16,7 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
     time::{Duration, Instant},
@@ -77,13 +77,13 @@ pub async fn run(
     builder.header_read_timeout(None).keep_alive(true);
     // Logged once per process: at the limit under sustained load, a line per episode would flood
     // the log; the counter has every episode.
-    let warned = AtomicBool::new(false);
+    let mut warned = false;
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 metrics.http_connection_limit_reached_total.inc();
-                if !warned.swap(true, Ordering::Relaxed) {
+                if !std::mem::replace(&mut warned, true) {
                     warn!(
                         max_connections = limits.max_connections,
                         "HTTP connection limit reached; new clients wait in the accept backlog until one closes \
@@ -160,16 +160,15 @@ where
         }
         loop {
             let (phase, deadline) = clock.deadline(limits);
-            let now = Instant::now();
-            let timer_at = timer.deadline().into_std();
             if let Some(deadline) = deadline
-                && deadline < timer_at
+                && deadline < timer.deadline().into_std()
             {
                 timer.as_mut().reset(deadline.into());
             }
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            let now = Instant::now();
             if deadline.is_some_and(|deadline| now >= deadline) {
                 // Dropping the connection closes the socket: nothing is in flight in these phases.
                 return Poll::Ready(Some(phase));
@@ -248,9 +247,12 @@ impl Clock {
         }
     }
 
-    /// Enters `phase` now; the time is read only here, at most twice per request.
+    /// Enters `phase` now. The time is read only for the phases that expire: twice per request.
     fn enter(&self, phase: Phase) {
-        let millis = self.accepted.elapsed().as_millis() as u64;
+        let millis = match phase {
+            Phase::Busy => 0,
+            Phase::Idle | Phase::Head => self.accepted.elapsed().as_millis() as u64,
+        };
         self.state.store(millis << 2 | phase as u64, Ordering::Relaxed);
     }
 

@@ -231,6 +231,7 @@ mod tests {
                 routing_key: "orders.#".into(),
             }],
             rate_limits: vec![],
+            users: vec![],
         }
     }
 

@@ -1129,7 +1129,10 @@ fn users_resolve_with_their_password_source_and_sorted_topic_permissions() {
             read: ".*".into(),
         }]
     );
-    assert_eq!(topology.users[1].password, PasswordSource::File("/run/secrets/reader".into()));
+    assert_eq!(
+        topology.users[1].password,
+        PasswordSource::File("/run/secrets/reader".into())
+    );
     assert_eq!(
         topology.users[2].password,
         PasswordSource::Hash {

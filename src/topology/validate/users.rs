@@ -124,7 +124,10 @@ impl<'a> Validator<'a> {
         }
         if let Some(hash) = &spec.password_hash {
             let algorithm = self.check_hashing_algorithm(i, spec);
-            if base64::engine::general_purpose::STANDARD.decode(hash).map_or(true, |bytes| bytes.len() <= 4) {
+            if base64::engine::general_purpose::STANDARD
+                .decode(hash)
+                .map_or(true, |bytes| bytes.len() <= 4)
+            {
                 self.error(
                     at("password_hash"),
                     "is not a RabbitMQ password hash (base64 of a 4-byte salt and the digest, as `rabbitmqctl hash_password` prints it)",
@@ -182,9 +185,7 @@ impl<'a> Validator<'a> {
                     at("exchange"),
                     format!("exchange `{}` is not declared in [[exchanges]]", topic.exchange),
                 ),
-                Some(ExchangeInfo {
-                    kind: Some(kind), ..
-                }) if *kind != ExchangeKind::Topic => self.error(
+                Some(ExchangeInfo { kind: Some(kind), .. }) if *kind != ExchangeKind::Topic => self.error(
                     at("exchange"),
                     format!(
                         "`{}` is a {} exchange; RabbitMQ checks topic permissions on topic exchanges only",
@@ -243,15 +244,17 @@ fn regex_error(err: &regex_automata::meta::BuildError) -> String {
         Some(syntax) => syntax.to_string(),
         None => err.to_string(),
     };
-    let last = text.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or_default();
     last.trim().trim_start_matches("error: ").to_owned()
 }
 
 /// `RABBITMQ_PASSWORD_ORDERS`: what a shell and Kubernetes accept as a variable name.
 fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

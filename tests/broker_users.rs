@@ -1,8 +1,9 @@
 //! `[[users]]` against the real broker: the applier creates the users with their permissions and
 //! topic permissions; a service user publishes where it may and gets ACCESS_REFUSED elsewhere;
 //! a user without its password is skipped without costing readiness; `topology diff` reports a
-//! permission changed by hand and a user the file does not know. Every user is named with the
-//! test's prefix, so `TestEnv`'s cleanup deletes them, also when an assertion failed.
+//! permission changed by hand and a user the file does not know, and `topology apply` restores
+//! the permission. Every user is named with the test's prefix, so `TestEnv`'s cleanup deletes
+//! them, also when an assertion failed.
 
 mod common;
 
@@ -203,5 +204,26 @@ async fn service_users_get_exactly_their_permissions_and_diff_reports_drift() {
     assert!(
         !stdout.contains(&format!("user {p}-events")),
         "events has no drift: {stdout}"
+    );
+
+    // `topology apply` puts the permission back, says why the ghost is skipped, keeps the stranger.
+    let (code, stdout, stderr) = run_cli(&["topology", "apply"], &[("TOPOLOGY_FILE", path)]);
+    assert_eq!(code, 0, "a skipped user is no failure: {stdout}{stderr}");
+    assert!(stdout.contains(&format!("updated  user {p}-orders")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "SKIPPED  user {p}-ghost: environment variable MB_TEST_UNSET_PASSWORD_"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("users: 2 in place, 1 skipped (password source missing), 0 failed, 0 deleted"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = run_cli(&["topology", "diff"], &[("TOPOLOGY_FILE", path)]);
+    assert!(!stdout.contains(&format!("~ user {p}-orders")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("+ user {stranger}: on the broker, not in the file")),
+        "{stdout}"
     );
 }

@@ -177,7 +177,10 @@ async fn service_users_get_exactly_their_permissions_and_diff_reports_drift() {
 
     // Drift made by hand: a wider write permission and a user the file does not know.
     management
-        .put_permissions(&format!("{p}-orders"), "", ".*", &format!("^{p}_orders_queue$"))
+        .put_permissions(
+            &format!("{p}-orders"),
+            &serde_json::json!({"configure": "", "write": ".*", "read": format!("^{p}_orders_queue$")}),
+        )
         .await
         .unwrap();
     let stranger = format!("{p}-stranger");

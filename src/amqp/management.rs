@@ -272,29 +272,17 @@ impl ManagementClient {
         self.delete(&format!("/api/users/{}", segment(name))).await
     }
 
-    pub async fn put_permissions(
-        &self,
-        user: &str,
-        configure: &str,
-        write: &str,
-        read: &str,
-    ) -> Result<(), ManagementError> {
-        let body = serde_json::json!({"configure": configure, "write": write, "read": read});
-        self.put(&format!("/api/permissions/{}/{}", self.vhost, segment(user)), &body)
+    /// Sets `user`'s vhost permissions: `body` holds `configure`, `write` and `read`.
+    pub async fn put_permissions(&self, user: &str, body: &serde_json::Value) -> Result<(), ManagementError> {
+        self.put(&format!("/api/permissions/{}/{}", self.vhost, segment(user)), body)
             .await
     }
 
-    pub async fn put_topic_permission(
-        &self,
-        user: &str,
-        exchange: &str,
-        write: &str,
-        read: &str,
-    ) -> Result<(), ManagementError> {
-        let body = serde_json::json!({"exchange": exchange, "write": write, "read": read});
+    /// Sets `user`'s topic permission on one exchange: `body` holds `exchange`, `write`, `read`.
+    pub async fn put_topic_permission(&self, user: &str, body: &serde_json::Value) -> Result<(), ManagementError> {
         self.put(
             &format!("/api/topic-permissions/{}/{}", self.vhost, segment(user)),
-            &body,
+            body,
         )
         .await
     }

@@ -223,18 +223,16 @@ async fn put_user(
     };
     client.put_user(&user.name, &body).await?;
     let p = &user.permissions;
-    client
-        .put_permissions(&user.name, &p.configure, &p.write, &p.read)
-        .await?;
+    let permissions = json!({"configure": p.configure, "write": p.write, "read": p.read});
+    client.put_permissions(&user.name, &permissions).await?;
     // The API deletes a user's topic permissions all at once: only when the broker has one on an
     // exchange the file no longer names, and before the PUTs, so the restriction is back at once.
     if has_stale_topic_permissions(&user.name, &user.topic_permissions, live_topic) {
         client.delete_topic_permissions(&user.name).await?;
     }
     for topic in &user.topic_permissions {
-        client
-            .put_topic_permission(&user.name, &topic.exchange, &topic.write, &topic.read)
-            .await?;
+        let body = json!({"exchange": topic.exchange, "write": topic.write, "read": topic.read});
+        client.put_topic_permission(&user.name, &body).await?;
     }
     Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! Validation never stops at the first error: an operator running `topology check` fixes the whole
 //! file in one pass. Errors come in file order — `queue_defaults`, `dead_letter_queues`,
-//! `exchanges`, `queues`, `bindings`, `rate_limits`, `users` — then the cross checks that only make sense
-//! once every section is known (derived dead-letter queues and their bindings). Within one item,
+//! `exchanges`, `queues`, `bindings`, `rate_limits`, `users` (in `validate/users.rs`) — then the
+//! cross checks that only make sense once every section is known (derived dead-letter queues and
+//! their bindings). Within one item,
 //! the checks of single fields come first, then the checks that combine fields.
 
 use std::collections::HashMap;

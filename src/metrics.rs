@@ -52,6 +52,9 @@ metrics! {
     amqp_reconnects_total: IntCounter,
     /// 1 once the topology is declared (or verified) on the current connection.
     topology_applied: IntGauge,
+    /// Users of the topology file not in place after the last apply: password source missing or
+    /// refused by the broker (does not affect readiness).
+    topology_users_unapplied: IntGauge,
     /// Publishes through the API, by exchange and outcome.
     published_total: IntCounterVec["exchange", "outcome"],
     /// Time from request to broker confirm, seconds.

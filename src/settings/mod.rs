@@ -15,6 +15,7 @@ mod database;
 mod publish;
 mod rabbitmq;
 mod retry;
+mod topology;
 mod workers;
 
 pub use app::{AppSettings, LogFormat};
@@ -23,6 +24,7 @@ pub use database::{DatabaseSettings, SslMode};
 pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
 pub use retry::{MessageSettings, RetrySettings};
+pub use topology::TopologySettings;
 pub use workers::{IngestSettings, SchedulingSettings, StatsSettings};
 
 /// The seed's environment variables and the setting each one sets.
@@ -72,6 +74,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub scheduling: SchedulingSettings,
     pub auth: AuthSettings,
+    pub topology: TopologySettings,
 }
 
 /// A secret string: `Debug` and `Display` print `[redacted]`.

@@ -39,6 +39,7 @@ pub enum ErrorCode {
     RetryInProgress,
     IdempotencyConflict,
     PurgeRefused,
+    NotScheduled,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,
@@ -61,9 +62,11 @@ impl ErrorCode {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::AlreadyResolved | Self::RetryInProgress | Self::IdempotencyConflict | Self::PurgeRefused => {
-                StatusCode::CONFLICT
-            }
+            Self::AlreadyResolved
+            | Self::RetryInProgress
+            | Self::IdempotencyConflict
+            | Self::PurgeRefused
+            | Self::NotScheduled => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ValidationFailed | Self::UnknownExchange | Self::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,

@@ -15,6 +15,7 @@ mod database;
 mod publish;
 mod rabbitmq;
 mod retry;
+mod topology;
 mod workers;
 
 pub use app::{AppSettings, LogFormat};
@@ -23,7 +24,8 @@ pub use database::{DatabaseSettings, SslMode};
 pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
 pub use retry::{MessageSettings, RetrySettings};
-pub use workers::{IngestSettings, StatsSettings};
+pub use topology::TopologySettings;
+pub use workers::{IngestSettings, SchedulingSettings, StatsSettings};
 
 /// The seed's environment variables and the setting each one sets.
 pub const ENV_KEYS: &[(&str, &str)] = &[
@@ -70,7 +72,9 @@ pub struct Settings {
     pub publish: PublishSettings,
     pub stats: StatsSettings,
     pub ingest: IngestSettings,
+    pub scheduling: SchedulingSettings,
     pub auth: AuthSettings,
+    pub topology: TopologySettings,
 }
 
 /// A secret string: `Debug` and `Display` print `[redacted]`.
@@ -190,6 +194,12 @@ impl Settings {
 
     /// Rules serde cannot express.
     pub fn check(&self) -> Result<(), SettingsError> {
+        if self.scheduling.scan_interval.is_zero() || self.scheduling.max_delay.is_zero() {
+            return Err(SettingsError::new(
+                "scheduling.scan_interval",
+                "scan_interval and max_delay must be more than 0",
+            ));
+        }
         if self.database.connection != "mysql" {
             return Err(SettingsError::new(
                 "database.connection",

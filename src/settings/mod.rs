@@ -182,7 +182,10 @@ impl Settings {
                     .map_or("", |(_, path)| path);
                 path.into()
             });
-        figment = figment.merge(seed_env).merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // Only `SECTION__KEY` names: Kubernetes injects `MESSAGES_BROKER_PORT=tcp://...` and the
+        // like for a Service named messages-broker, which are not settings.
+        let generic = Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__");
+        figment = figment.merge(seed_env).merge(generic);
         let settings: Settings = figment.extract().map_err(|err| {
             let key = err.path.join(".");
             let reason = err.kind.to_string();

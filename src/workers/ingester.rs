@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::{
@@ -407,16 +406,8 @@ impl Death {
 
 /// The body as stored: JSON as JSON; other bodies losslessly as a JSON string (text or base64).
 fn stored_payload(body: &[u8]) -> (String, PayloadEncoding) {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(json) => (json.to_string(), PayloadEncoding::Json),
-        Err(_) => match std::str::from_utf8(body) {
-            Ok(text) => (serde_json::Value::from(text).to_string(), PayloadEncoding::Text),
-            Err(_) => (
-                serde_json::Value::from(STANDARD.encode(body)).to_string(),
-                PayloadEncoding::Base64,
-            ),
-        },
-    }
+    let (payload, encoding) = PayloadEncoding::decode(body);
+    (payload.to_string(), encoding)
 }
 
 /// A message published without a message_id still gets a stable identity, so a redelivery of

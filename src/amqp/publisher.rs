@@ -157,7 +157,7 @@ async fn run(
     }
 }
 
-async fn open_channel(connection: &lapin::Connection) -> lapin::Result<Channel> {
+pub(crate) async fn open_channel(connection: &lapin::Connection) -> lapin::Result<Channel> {
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(channel)
@@ -252,6 +252,16 @@ async fn publish_all(
 /// Sends one message and waits for its confirm. lapin assigns the delivery tag and queues the
 /// frames on the first poll, so concurrent sends on one channel keep tags and frames in step.
 async fn publish_one(channel: &Channel, message: &OutgoingMessage) -> PublishOutcome {
+    publish_with(channel, message, properties(message)).await
+}
+
+/// [`publish_one`] with the properties given: the request-reply worker adds its own (reply_to,
+/// correlation_id, expiration) and shares the confirm handling.
+pub(crate) async fn publish_with(
+    channel: &Channel,
+    message: &OutgoingMessage,
+    properties: BasicProperties,
+) -> PublishOutcome {
     let sent = channel
         .basic_publish(
             ShortString::from(message.exchange.as_str()),
@@ -261,7 +271,7 @@ async fn publish_one(channel: &Channel, message: &OutgoingMessage) -> PublishOut
                 immediate: false,
             },
             &message.payload,
-            properties(message),
+            properties,
         )
         .await;
     match sent {
@@ -282,7 +292,7 @@ fn outcome_of(confirmation: Confirmation) -> PublishOutcome {
     }
 }
 
-fn properties(message: &OutgoingMessage) -> BasicProperties {
+pub(crate) fn properties(message: &OutgoingMessage) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in &message.headers {
         headers.insert(ShortString::from(name.as_str()), value.clone());

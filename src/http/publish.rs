@@ -28,6 +28,7 @@ use crate::{
     amqp::{
         headers,
         publisher::{OutgoingMessage, PublishOutcome, Publisher},
+        replies::Replies,
     },
     settings::Scope,
     shared::Shared,
@@ -43,11 +44,13 @@ pub struct Publishing {
     pub idempotency: Arc<Idempotency>,
     /// `None` when `publish.audit` is off.
     pub audit: Option<AuditSink>,
+    /// Request-reply (`POST /api/messages/request`): its own channel, shared by every request.
+    pub replies: Replies,
 }
 
 impl Publishing {
     /// The api role's publishing parts: the confirm pipeline, the rate limits, the idempotency
-    /// keys (and their cleanup) and the audit writer.
+    /// keys (and their cleanup), the audit writer and the replies worker.
     pub fn start(shared: &Shared) -> Self {
         let (settings, stages) = (&shared.settings, &shared.stages);
         let audit = settings.publish.audit.then(|| {
@@ -70,7 +73,15 @@ impl Publishing {
             lease,
         ));
         shared.spawn_role(idempotency.clone());
+        // In the pipeline stage: it stops after HTTP, once the requests in flight are answered.
+        let (replies, worker) = Replies::new(
+            shared.link.clone(),
+            shared.metrics.clone(),
+            stages.pipeline_cancel.clone(),
+        );
+        stages.pipeline.spawn_named("replies", worker);
         Self {
+            replies,
             publisher: shared.publisher(),
             limits: RateLimits::from_topology(&shared.topology.rate_limits),
             idempotency,
@@ -315,7 +326,7 @@ async fn prepare<'a>(
 }
 
 /// The exchange must be a public one of the topology, and in the client's allow-list.
-fn check_target(state: &AppState, client: &Client, exchange: &str) -> Result<(), ApiError> {
+pub(super) fn check_target(state: &AppState, client: &Client, exchange: &str) -> Result<(), ApiError> {
     match state.topology.exchange(exchange) {
         Some(found) if !found.internal => {}
         _ => {
@@ -335,7 +346,7 @@ fn check_target(state: &AppState, client: &Client, exchange: &str) -> Result<(),
 }
 
 /// 429 with `Retry-After` when a bucket of the topology's rate limits is empty (counted).
-fn check_rate_limit(
+pub(super) fn check_rate_limit(
     state: &AppState,
     publishing: &Publishing,
     client: &Client,
@@ -362,7 +373,7 @@ fn check_rate_limit(
 }
 
 /// The message as it goes to the broker (envelope completed, id given), and the 201 body.
-fn outgoing(state: &AppState, client: &Client, input: PublishInput) -> Result<(Arc<OutgoingMessage>, Value), ApiError> {
+pub(super) fn outgoing(state: &AppState, client: &Client, input: PublishInput) -> Result<(Arc<OutgoingMessage>, Value), ApiError> {
     let message_id = input.message_id.clone().unwrap_or_else(new_message_id);
     let envelope = complete_envelope(input.message, &client.name);
     let payload = bytes::Bytes::from(serde_json::to_vec(&envelope).expect("a JSON map serializes"));
@@ -445,7 +456,7 @@ async fn settle(
     result
 }
 
-fn publishing(state: &AppState) -> Result<&Arc<Publishing>, ApiError> {
+pub(super) fn publishing(state: &AppState) -> Result<&Arc<Publishing>, ApiError> {
     state
         .publishing
         .as_ref()

@@ -953,6 +953,7 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("get", "/api/topology", "read"),
     ("post", "/api/messages/publish", "publish"),
     ("post", "/api/messages/publish/batch", "publish"),
+    ("post", "/api/messages/request", "publish"),
     ("get", "/api/messages/failed", "read"),
     ("post", "/api/messages/failed/retry", "operate"),
     ("get", "/api/messages/failed/{id}", "read"),

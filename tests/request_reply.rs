@@ -100,6 +100,26 @@ async fn answer(channel: Channel, request: Delivery) {
         .await;
 }
 
+/// Publishes a message that is not a request to the orders exchange, expiring at once.
+async fn publish_expiring(env: &TestEnv, routing_key: &str) {
+    let connection = messages_broker::amqp::connection::connect(&env.settings.rabbitmq, "test publisher")
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let confirm = channel
+        .basic_publish(
+            env.name("orders_exchange").as_str().into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            br#"{"event":"plain","data":{}}"#,
+            BasicProperties::default().with_expiration("1".into()),
+        )
+        .await
+        .expect("publish");
+    let _ = confirm.await;
+    let _ = connection.close(200, "published".into()).await;
+}
+
 /// Sends a request as the admin client: the status, the JSON answer and how long it took.
 async fn request(app: &TestApp, body: &Value) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -171,8 +191,19 @@ async fn no_reply_is_504_in_time_and_a_late_reply_is_dropped_and_counted() {
     assert_eq!((status, answer["error"].as_str()), (504, Some("reply_timeout")), "{answer}");
     assert!(took >= timeout && took < timeout + Duration::from_millis(100), "{took:?}");
     // That request expires in the queue (its expiration was the time left), so the responder
-    // started now never sees it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // started later never sees it; dead-lettered, it is dropped, not stored as a failed message.
+    // A plain message expiring behind it is stored: once its row is there, the request was seen.
+    publish_expiring(&env, "orders.plain").await;
+    let pool = app.app.state.pool.clone().unwrap();
+    let routing_keys = || async {
+        sqlx::query_scalar::<_, String>("SELECT routing_key FROM failed_messages")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default()
+    };
+    let stored = eventually(Duration::from_secs(10), || async { !routing_keys().await.is_empty() }).await;
+    assert!(stored, "the plain dead letter was never stored");
+    assert_eq!(routing_keys().await, ["orders.plain"], "a dead-lettered request was stored");
     let responder = Responder::start(&env).await;
 
     // A reply after the timeout: the caller has its 504, the reply is dropped and counted.

@@ -20,6 +20,9 @@ use tracing::{info, warn};
 
 use super::connection::{LinkReceiver, wait_for_link};
 
+/// The `app_id` of every message this service publishes.
+pub const APP_ID: &str = "messages-broker";
+
 /// One message to publish. The payload is already the JSON body. Passed as an `Arc`: callers
 /// keep it for the audit trail and their answer while it is in flight.
 #[derive(Debug, Clone)]
@@ -305,6 +308,6 @@ pub(crate) fn properties(message: &OutgoingMessage) -> BasicProperties {
         .with_content_type("application/json".into())
         .with_message_id(ShortString::from(message.message_id.as_str()))
         .with_timestamp(now)
-        .with_app_id("messages-broker".into())
+        .with_app_id(APP_ID.into())
         .with_headers(headers)
 }

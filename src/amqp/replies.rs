@@ -36,6 +36,15 @@ pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// the reason, and the API answers 502 `reply_error` with it.
 pub const ERROR_HEADER: &str = "mb-error";
 
+/// Whether a message is a request of this service (`app_id` and direct reply-to; the broker
+/// rewrites `reply_to` to `amq.rabbitmq.reply-to.<channel>`). Dead-lettered, it is worth nothing:
+/// its caller has had its answer, and a retry would ask a responder whose reply nobody reads.
+pub fn is_request(properties: &BasicProperties) -> bool {
+    let text = |value: &Option<lapin::types::ShortString>| value.as_ref().map(|s| s.to_string());
+    text(properties.app_id()).as_deref() == Some(publisher::APP_ID)
+        && text(properties.reply_to()).is_some_and(|reply_to| reply_to.starts_with(REPLY_TO))
+}
+
 /// A reply as the responder sent it.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -248,5 +257,21 @@ async fn route_replies(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_direct_reply_to_requests_are_requests() {
+        let ours = BasicProperties::default().with_app_id(publisher::APP_ID.into());
+        let rewritten = "amq.rabbitmq.reply-to.g1h2AA5yZXBseUA0MTY1NjkzNwAAAOgAAAAAZHY=";
+        assert!(is_request(&ours.clone().with_reply_to(rewritten.into())));
+        assert!(!is_request(&ours.clone().with_reply_to("my_replies".into())));
+        assert!(!is_request(&ours));
+        let theirs = BasicProperties::default().with_app_id("billing".into());
+        assert!(!is_request(&theirs.with_reply_to(rewritten.into())));
     }
 }

@@ -49,7 +49,12 @@ impl Responder {
         };
         let queue = env.name("orders_queue");
         let mut consumer = channel
-            .basic_consume(queue.as_str().into(), "test-responder".into(), options, FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                "test-responder".into(),
+                options,
+                FieldTable::default(),
+            )
             .await
             .expect("consume");
         tokio::spawn(async move {
@@ -166,8 +171,15 @@ async fn a_responder_answers_each_request_with_its_own_reply() {
     // The responder's error header: 502 with its reason.
     let failing = request_body(&env, "orders.quote", json!({"fail": "no stock for item 7"}), "5s");
     let (status, answer, _) = request(&app, &failing).await;
-    assert_eq!((status, answer["error"].as_str()), (502, Some("reply_error")), "{answer}");
-    assert!(answer["message"].as_str().unwrap().contains("no stock for item 7"), "{answer}");
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (502, Some("reply_error")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains("no stock for item 7"),
+        "{answer}"
+    );
 
     let metrics = metrics_text(&app).await;
     let replied = format!(
@@ -188,8 +200,15 @@ async fn no_reply_is_504_in_time_and_a_late_reply_is_dropped_and_counted() {
     // Nobody consumes the queue yet: the timeout, answered within 100 ms of it.
     let timeout = Duration::from_millis(300);
     let (status, answer, took) = request(&app, &request_body(&env, "orders.quote", json!({}), "300ms")).await;
-    assert_eq!((status, answer["error"].as_str()), (504, Some("reply_timeout")), "{answer}");
-    assert!(took >= timeout && took < timeout + Duration::from_millis(100), "{took:?}");
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (504, Some("reply_timeout")),
+        "{answer}"
+    );
+    assert!(
+        took >= timeout && took < timeout + Duration::from_millis(100),
+        "{took:?}"
+    );
     // That request expires in the queue (its expiration was the time left), so the responder
     // started later never sees it; dead-lettered, it is dropped, not stored as a failed message.
     // A plain message expiring behind it is stored: once its row is there, the request was seen.
@@ -203,15 +222,25 @@ async fn no_reply_is_504_in_time_and_a_late_reply_is_dropped_and_counted() {
     };
     let stored = eventually(Duration::from_secs(10), || async { !routing_keys().await.is_empty() }).await;
     assert!(stored, "the plain dead letter was never stored");
-    assert_eq!(routing_keys().await, ["orders.plain"], "a dead-lettered request was stored");
+    assert_eq!(
+        routing_keys().await,
+        ["orders.plain"],
+        "a dead-lettered request was stored"
+    );
     let responder = Responder::start(&env).await;
 
     // A reply after the timeout: the caller has its 504, the reply is dropped and counted.
     let slow = request_body(&env, "orders.quote", json!({"delay_ms": 500}), "200ms");
     let (status, answer, _) = request(&app, &slow).await;
-    assert_eq!((status, answer["error"].as_str()), (504, Some("reply_timeout")), "{answer}");
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (504, Some("reply_timeout")),
+        "{answer}"
+    );
     let counted = eventually(Duration::from_secs(5), || async {
-        metrics_text(&app).await.contains("messages_broker_late_replies_total 1\n")
+        metrics_text(&app)
+            .await
+            .contains("messages_broker_late_replies_total 1\n")
     })
     .await;
     assert!(counted, "{}", metrics_text(&app).await);
@@ -232,7 +261,11 @@ async fn an_unbound_routing_key_is_422_at_once() {
     // The first request also opens the HTTP connection; the second is timed.
     for _ in 0..2 {
         let (status, answer, took) = request(&app, &body).await;
-        assert_eq!((status, answer["error"].as_str()), (422, Some("unroutable")), "{answer}");
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (422, Some("unroutable")),
+            "{answer}"
+        );
         assert!(took < Duration::from_secs(1), "{took:?}");
     }
     let (_, _, took) = request(&app, &body).await;
@@ -249,13 +282,30 @@ async fn publish_guards_apply_to_requests() {
     // Every problem at once, the timeout's among them.
     let bad = json!({"exchange": env.name("orders_exchange"), "routing_key": 3, "timeout": "1h",
         "message": {"event": "e", "data": {}}});
-    let answer = expect_error("bad body", app.as_admin().post(REQUEST, &bad).await, 422, "validation_failed").await;
-    let fields: Vec<&str> = answer["fields"].as_object().unwrap().keys().map(String::as_str).collect();
+    let answer = expect_error(
+        "bad body",
+        app.as_admin().post(REQUEST, &bad).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    let fields: Vec<&str> = answer["fields"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(fields, ["routing_key", "timeout"], "{answer}");
 
     // The allow-list, and the scope: the reader may not publish.
     let events = json!({"exchange": env.name("events"), "routing_key": "", "message": {"event": "e", "data": {}}});
-    expect_error("allow-list", app.as_orders_client().post(REQUEST, &events).await, 403, "forbidden").await;
+    expect_error(
+        "allow-list",
+        app.as_orders_client().post(REQUEST, &events).await,
+        403,
+        "forbidden",
+    )
+    .await;
     let orders = request_body(&env, "nobody.listens", json!({}), "1s");
     expect_error("scope", app.as_reader().post(REQUEST, &orders).await, 403, "forbidden").await;
 
@@ -263,7 +313,13 @@ async fn publish_guards_apply_to_requests() {
     let mut limited = request_body(&env, "nobody.listens", json!({}), "1s");
     limited["exchange"] = env.name("limited_exchange").into();
     for _ in 0..2 {
-        expect_error("within the burst", app.as_admin().post(REQUEST, &limited).await, 422, "unroutable").await;
+        expect_error(
+            "within the burst",
+            app.as_admin().post(REQUEST, &limited).await,
+            422,
+            "unroutable",
+        )
+        .await;
     }
     let refused = app.as_admin().post(REQUEST, &limited).await;
     assert!(refused.headers().contains_key("retry-after"));
@@ -286,14 +342,21 @@ async fn a_lost_connection_fails_waiting_requests_at_once_and_the_channel_reopen
     };
     let ((status, answer, took), closed) = tokio::join!(waiting, cut);
     assert!(closed > 0, "no connection to close");
-    assert_eq!((status, answer["error"].as_str()), (503, Some("broker_unavailable")), "{answer}");
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("broker_unavailable")),
+        "{answer}"
+    );
     assert!(took < Duration::from_secs(5), "not at once: {took:?}");
 
     // On the new connection the replies worker consumes again.
     app.wait_ready().await;
     let responder = Responder::start(&env).await;
     let answered = eventually(Duration::from_secs(10), || async {
-        request(&app, &request_body(&env, "orders.quote", json!({"n": 2}), "2s")).await.0 == 200
+        request(&app, &request_body(&env, "orders.quote", json!({"n": 2}), "2s"))
+            .await
+            .0
+            == 200
     })
     .await;
     assert!(answered, "no reply after the reconnect");

@@ -55,7 +55,8 @@ pub struct Reply {
 /// What became of one request.
 #[derive(Debug)]
 pub enum RequestOutcome {
-    Replied(Reply),
+    /// Boxed: a reply's properties are ten times the size of the other variants.
+    Replied(Box<Reply>),
     /// The request never reached a queue (unroutable, queue full, no broker, channel lost): the
     /// publisher's outcome says which.
     NotPublished(PublishOutcome),
@@ -139,7 +140,8 @@ impl Replies {
     /// Publishes `message` as a request and waits for its reply until `deadline`. The request
     /// carries the time left as its `expiration`, so a responder never sees one nobody waits for.
     pub async fn request(&self, message: &OutgoingMessage, deadline: Instant) -> RequestOutcome {
-        let not_connected = || RequestOutcome::NotPublished(PublishOutcome::Unavailable("not connected to RabbitMQ".into()));
+        let not_connected =
+            || RequestOutcome::NotPublished(PublishOutcome::Unavailable("not connected to RabbitMQ".into()));
         let Some(session) = self.sessions.borrow().clone() else {
             return not_connected();
         };
@@ -148,7 +150,9 @@ impl Replies {
             return not_connected();
         };
         // At least 1 ms: an expiration of 0 would let the broker drop it before any responder.
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let properties = publisher::properties(message)
             // Transient: a request is worth nothing after its timeout, a broker restart included.
             .with_delivery_mode(1)
@@ -162,7 +166,7 @@ impl Replies {
             Ok(other) => return RequestOutcome::NotPublished(other),
         }
         match tokio::time::timeout_at(deadline, reply).await {
-            Ok(Ok(reply)) => RequestOutcome::Replied(reply),
+            Ok(Ok(reply)) => RequestOutcome::Replied(Box::new(reply)),
             Ok(Err(_)) => RequestOutcome::NotPublished(PublishOutcome::Unavailable(
                 "the connection was lost while waiting for the reply".into(),
             )),
@@ -200,7 +204,10 @@ async fn run(
         sessions.send_replace(None);
         let failed = session.end();
         if failed > 0 {
-            warn!(failed, "Reply channel lost with requests waiting; they answer broker_unavailable.");
+            warn!(
+                failed,
+                "Reply channel lost with requests waiting; they answer broker_unavailable."
+            );
         }
         // 200 is AMQP's reply-success code, not a duration.
         let _ = channel.close(200, "replies done".into()).await;
@@ -218,7 +225,12 @@ async fn open_session(connection: &lapin::Connection) -> lapin::Result<(Channel,
         ..BasicConsumeOptions::default()
     };
     let consumer = channel
-        .basic_consume(REPLY_TO.into(), "messages-broker-replies".into(), options, FieldTable::default())
+        .basic_consume(
+            REPLY_TO.into(),
+            "messages-broker-replies".into(),
+            options,
+            FieldTable::default(),
+        )
         .await?;
     Ok((channel, consumer))
 }

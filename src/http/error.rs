@@ -290,7 +290,7 @@ impl ApiError {
                     .as_ref()
                     .and_then(|headers| headers.inner().get(ERROR_HEADER).map(crate::amqp::headers::to_json));
                 match error {
-                    None => Ok(reply),
+                    None => Ok(*reply),
                     Some(error) => {
                         let reason = error.as_str().map_or_else(|| error.to_string(), str::to_owned);
                         Err(Self::new(

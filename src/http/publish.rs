@@ -373,7 +373,11 @@ pub(super) fn check_rate_limit(
 }
 
 /// The message as it goes to the broker (envelope completed, id given), and the 201 body.
-pub(super) fn outgoing(state: &AppState, client: &Client, input: PublishInput) -> Result<(Arc<OutgoingMessage>, Value), ApiError> {
+pub(super) fn outgoing(
+    state: &AppState,
+    client: &Client,
+    input: PublishInput,
+) -> Result<(Arc<OutgoingMessage>, Value), ApiError> {
     let message_id = input.message_id.clone().unwrap_or_else(new_message_id);
     let envelope = complete_envelope(input.message, &client.name);
     let payload = bytes::Bytes::from(serde_json::to_vec(&envelope).expect("a JSON map serializes"));

@@ -21,10 +21,7 @@ use super::{
     publish::{check_rate_limit, check_target, outgoing, parse_input, publishing},
 };
 use crate::{
-    amqp::{
-        headers,
-        replies::Reply,
-    },
+    amqp::{headers, replies::Reply},
     settings::{RequestSettings, Scope},
     store::failed_messages::PayloadEncoding,
 };
@@ -73,8 +70,13 @@ pub async fn request(
         .map(|reply| Json(reply_body(&message.message_id, reply)));
     let metrics = &state.metrics;
     let label = result.as_ref().map_or_else(|err| err.code.as_str(), |_| "replied");
-    metrics.requests_total.with_label_values(&[exchange.as_str(), label]).inc();
-    metrics.request_duration_seconds.observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests_total
+        .with_label_values(&[exchange.as_str(), label])
+        .inc();
+    metrics
+        .request_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -150,7 +152,10 @@ mod tests {
     fn a_timeout_is_a_duration_or_milliseconds_within_the_maximum() {
         assert_eq!(timeout_of(json!({})), Ok(None));
         assert_eq!(timeout_of(json!({"timeout": "2s"})), Ok(Some(Duration::from_secs(2))));
-        assert_eq!(timeout_of(json!({"timeout": 1500})), Ok(Some(Duration::from_millis(1500))));
+        assert_eq!(
+            timeout_of(json!({"timeout": 1500})),
+            Ok(Some(Duration::from_millis(1500)))
+        );
         for bad in [json!("soon"), json!(0), json!("31s"), json!(-1), json!(1.5), json!([])] {
             let err = timeout_of(json!({ "timeout": bad })).unwrap_err();
             assert_eq!(err.0, "timeout", "{bad}");
@@ -167,7 +172,10 @@ mod tests {
         assert_eq!(body["payload"], json!({"ok": true}));
         assert_eq!(body["payload_encoding"], "json");
         assert_eq!(body["correlation_id"], "c1");
-        assert_eq!(reply_body("m1", reply(b"plain")).get("payload_encoding"), Some(&json!("text")));
+        assert_eq!(
+            reply_body("m1", reply(b"plain")).get("payload_encoding"),
+            Some(&json!("text"))
+        );
         let binary = reply_body("m1", reply(&[0xff, 0xfe]));
         assert_eq!(binary["payload_encoding"], "base64");
         assert_eq!(binary["payload"], "//4=");

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::connection::{LinkReceiver, wait_for_link};
+use super::connection::{LinkReceiver, pause_before_reopening, wait_for_link};
 
 /// The `app_id` of every message this service publishes.
 pub const APP_ID: &str = "messages-broker";
@@ -142,12 +142,10 @@ async fn run(
             Ok(channel) => channel,
             Err(err) => {
                 warn!(error = %err, "Cannot open the publishing channel; retrying.");
-                // Short: callers wait on this channel. Not zero: a connection that refuses channels
-                // (closing, or at channel_max) would otherwise be asked in a tight loop.
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                if pause_before_reopening(&cancel).await {
+                    continue;
                 }
+                return;
             }
         };
         info!(generation = current.generation, "Publisher ready.");

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    connection::{LinkReceiver, wait_for_link},
+    connection::{LinkReceiver, pause_before_reopening, wait_for_link},
     publisher::{self, OutgoingMessage, PublishOutcome},
 };
 use crate::metrics::Metrics;
@@ -187,11 +187,10 @@ async fn run(
             Ok(opened) => opened,
             Err(err) => {
                 warn!(error = %err, "Cannot open the reply channel; retrying.");
-                // Not zero: a connection that refuses channels would be asked in a tight loop.
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                if pause_before_reopening(&cancel).await {
+                    continue;
                 }
+                return;
             }
         };
         let session = Arc::new(Session {

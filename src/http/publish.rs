@@ -460,11 +460,25 @@ async fn settle(
     result
 }
 
-pub(super) fn publishing(state: &AppState) -> Result<&Arc<Publishing>, ApiError> {
+fn publishing(state: &AppState) -> Result<&Arc<Publishing>, ApiError> {
     state
         .publishing
         .as_ref()
         .ok_or_else(|| ApiError::not_found("Publishing is served by the `api` role."))
+}
+
+/// What every publishing route does first, in this order: the scope, the role, the JSON body (at
+/// most `limit` bytes).
+pub(super) fn publishing_body(
+    state: &AppState,
+    client: &Client,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<(Arc<Publishing>, Value), ApiError> {
+    client.require(Scope::Publish)?;
+    let publishing = publishing(state)?.clone();
+    Ok((publishing, json_body(headers, body, limit)?))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -484,18 +498,35 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The error answers of one publish, in the OpenAPI document of the routes that publish one
+/// message (publish, request).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: only its documentation is used
+pub(super) enum PublishErrors {
+    #[response(status = 400, description = "invalid_json")]
+    InvalidJson(ErrorBody),
+    #[response(status = 401, description = "")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "")]
+    Forbidden(ErrorBody),
+    #[response(status = 413, description = "payload_too_large")]
+    PayloadTooLarge(ErrorBody),
+    #[response(status = 415, description = "unsupported_media_type")]
+    UnsupportedMediaType(ErrorBody),
+    #[response(status = 422, description = "validation_failed, unknown_exchange, unroutable")]
+    Unprocessable(ErrorBody),
+    #[response(status = 429, description = "rate_limited, with Retry-After")]
+    RateLimited(ErrorBody),
+    #[response(status = 503, description = "queue_full, broker_unavailable")]
+    Unavailable(ErrorBody),
+}
+
 #[utoipa::path(post, path = "/api/messages/publish", operation_id = "publish_message", tag = "messages", security(("bearer" = [])),
     request_body(content = Object, description = "{\"exchange\", \"routing_key\", \"message\": {\"event\", \"data\", \"timestamp\"?, \"metadata\"?}, \"message_id\"?, \"headers\"?}"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Publishing the same key again within 24 h answers the first result")),
     responses(
         (status = 201, description = "Confirmed by the broker: {message_id, exchange, routing_key, status: published}"),
-        (status = 400, body = ErrorBody, description = "invalid_json"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody, description = "payload_too_large"),
-        (status = 415, body = ErrorBody, description = "unsupported_media_type"),
-        (status = 422, body = ErrorBody, description = "validation_failed, unknown_exchange, unroutable"),
-        (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After"),
-        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable"),
+        PublishErrors,
     ))]
 pub async fn publish(
     State(state): State<AppState>,
@@ -504,9 +535,7 @@ pub async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let started = Instant::now();
-    client.require(Scope::Publish)?;
-    let publishing = publishing(&state)?.clone();
-    let value = json_body(&headers, body, state.settings.app.max_body_bytes)?;
+    let (publishing, value) = publishing_body(&state, &client, &headers, body, state.settings.app.max_body_bytes)?;
     let key = idempotency_key(&headers)?;
     match prepare(&state, &publishing, &client, value, "", key.as_deref(), false).await {
         Prepared::Answered(result) => result.map(|body| (StatusCode::CREATED, Json(body))),
@@ -538,9 +567,8 @@ pub async fn publish_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    client.require(Scope::Publish)?;
-    let publishing = publishing(&state)?.clone();
-    let mut value = json_body(&headers, body, state.settings.publish.max_batch_body_bytes)?;
+    let limit = state.settings.publish.max_batch_body_bytes;
+    let (publishing, mut value) = publishing_body(&state, &client, &headers, body, limit)?;
     let items = batch_items(&mut value, state.settings.publish.max_batch_messages)?;
 
     let mut slots = Vec::with_capacity(items.len());

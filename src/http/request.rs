@@ -16,13 +16,12 @@ use tokio::time::Instant;
 use super::{
     AppState,
     auth::Caller,
-    body::json_body,
     error::{ApiError, ErrorBody},
-    publish::{check_rate_limit, check_target, outgoing, parse_input, publishing},
+    publish::{PublishErrors, check_rate_limit, check_target, outgoing, parse_input, publishing_body},
 };
 use crate::{
     amqp::{headers, replies::Reply},
-    settings::{RequestSettings, Scope},
+    settings::RequestSettings,
     store::failed_messages::PayloadEncoding,
 };
 
@@ -30,14 +29,8 @@ use crate::{
     request_body(content = Object, description = "A publish body plus \"timeout\"?: a duration (\"5s\", \"1500ms\") or milliseconds; default request.default_timeout, at most request.max_timeout"),
     responses(
         (status = 200, description = "The reply: {message_id, correlation_id, payload, payload_encoding (json|text|base64), headers, content_type}"),
-        (status = 400, body = ErrorBody, description = "invalid_json"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody, description = "payload_too_large"),
-        (status = 415, body = ErrorBody, description = "unsupported_media_type"),
-        (status = 422, body = ErrorBody, description = "validation_failed, unknown_exchange, unroutable (at once, no queue is bound)"),
-        (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After"),
+        PublishErrors,
         (status = 502, body = ErrorBody, description = "reply_error: the responder set the mb-error header"),
-        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable"),
         (status = 504, body = ErrorBody, description = "reply_timeout"),
     ))]
 pub async fn request(
@@ -48,9 +41,8 @@ pub async fn request(
 ) -> Result<Json<Value>, ApiError> {
     // The deadline counts from arrival: the caller's timeout covers our own work too.
     let started = Instant::now();
-    client.require(Scope::Publish)?;
-    let publishing = publishing(&state)?.clone();
-    let mut value = json_body(&headers, body, state.settings.app.max_body_bytes)?;
+    let limit = state.settings.app.max_body_bytes;
+    let (publishing, mut value) = publishing_body(&state, &client, &headers, body, limit)?;
     let timeout = take_timeout(&mut value, &state.settings.request);
     // Every problem at once: the body's and the timeout's.
     let (input, timeout) = match (parse_input(value, ""), timeout) {

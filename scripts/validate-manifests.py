@@ -30,7 +30,7 @@ import kubernetes_validate.utils
 import yaml
 from referencing import Registry, Resource
 
-ROLES = {"applier", "api", "ingester", "retrier", "stats"}
+ROLES = {"applier", "api", "ingester", "retrier", "stats", "scheduler"}
 # Created by the operator, not by kustomize (secret.example.yaml).
 EXTERNAL_SECRET = "messages-broker-secrets"
 

@@ -19,6 +19,7 @@ use crate::{
         applier::{Applier, Mode, TopologyState},
         ingester::Ingester,
         retrier::Retrier,
+        scheduler::Scheduler,
         stats::Stats,
     },
 };
@@ -73,6 +74,9 @@ impl App {
         }
         if shared.runs(Role::Retrier) {
             shared.spawn_role(Retrier::new(&shared));
+        }
+        if shared.runs(Role::Scheduler) {
+            shared.spawn_role(Scheduler::new(&shared));
         }
         // The api role's routes and publishing parts are built with the handlers' state.
         let state = Arc::new(AppContext::new(&shared));

@@ -53,7 +53,7 @@ fn all<T: IntoEnumIterator>(name: impl Fn(T) -> &'static str) -> String {
 
 #[test]
 fn the_names_are_the_ones_the_contract_uses() {
-    assert_eq!(Roles::all().to_string(), "applier,api,ingester,retrier,stats");
+    assert_eq!(Roles::all().to_string(), "applier,api,ingester,retrier,stats,scheduler");
     assert_eq!(all(Status::as_str), "pending,retrying,failed,resolved");
     assert_eq!(all(PayloadEncoding::as_str), "json,text,base64");
     assert_eq!(all(Source::as_str), "management_api,passive_declare,unavailable");

@@ -1,7 +1,7 @@
 //! messages-broker: coordinates RabbitMQ for the e-commerce platform.
 //!
 //! `topology.toml` and the settings are data; [`app::App`] turns them into a supervised fleet of
-//! roles (applier, api, ingester, retrier, stats) joined by tokio channels, behind a small API.
+//! roles (applier, api, ingester, retrier, stats, scheduler) joined by tokio channels, behind a small API.
 
 pub mod amqp;
 pub mod app;

@@ -16,7 +16,7 @@ use messages_broker::{
     roles::Roles,
     settings::Settings,
     store, telemetry,
-    topology::{self, declare, diff},
+    topology::{self, declare, diff, users},
 };
 
 #[derive(Parser)]
@@ -48,7 +48,7 @@ struct Cli {
 enum Command {
     /// Run the worker fleet (the default command).
     Serve {
-        /// Roles to run, comma-separated: applier,api,ingester,retrier,stats (default: all; also WORKER_ROLES).
+        /// Roles to run, comma-separated: applier,api,ingester,retrier,stats,scheduler (default: all; also WORKER_ROLES).
         #[arg(long, value_name = "R,R")]
         roles: Option<String>,
     },
@@ -128,12 +128,13 @@ fn check(mut settings: Settings, file: Option<PathBuf>) -> ExitCode {
     match app::load_topology(&settings) {
         Ok(topology) => {
             println!(
-                "{path}: valid ({} exchanges, {} queues of which {} dead-letter, {} bindings, {} rate limits)",
+                "{path}: valid ({} exchanges, {} queues of which {} dead-letter, {} bindings, {} rate limits, {} users)",
                 topology.exchanges.len(),
                 topology.queues.len(),
                 topology.dead_letter_queues().count(),
                 topology.bindings.len(),
-                topology.rate_limits.len()
+                topology.rate_limits.len(),
+                topology.users.len()
             );
             ExitCode::SUCCESS
         }
@@ -185,7 +186,8 @@ async fn apply(settings: Settings) -> ExitCode {
                 report.created(),
                 report.items.len() - report.created() - failed
             );
-            if failed == 0 {
+            let users_failed = apply_users(&settings, &topology).await;
+            if failed == 0 && users_failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -198,11 +200,38 @@ async fn apply(settings: Settings) -> ExitCode {
     }
 }
 
+/// The file's users after its entities: each one's outcome, then a summary. A user skipped for
+/// its missing password source is printed but is no failure (this machine may simply not hold
+/// the services' passwords); one the broker refused is. Returns how many failed.
+async fn apply_users(settings: &Settings, topology: &topology::Topology) -> usize {
+    if topology.users.is_empty() {
+        return 0;
+    }
+    let client = ManagementClient::new(&settings.rabbitmq);
+    let report = users::apply_users(&client, &topology.users, settings.topology.delete_unknown_users).await;
+    for item in &report.items {
+        println!("{item}");
+    }
+    let count = |wanted: fn(&users::UserOutcome) -> bool| report.items.iter().filter(|u| wanted(&u.outcome)).count();
+    let in_place = count(|o| matches!(o, users::UserOutcome::Created | users::UserOutcome::Updated));
+    let skipped = count(|o| matches!(o, users::UserOutcome::Skipped(_)));
+    let deleted = count(|o| matches!(o, users::UserOutcome::Deleted));
+    let failed = report.failed();
+    println!(
+        "users: {in_place} in place, {skipped} skipped (password source missing), {failed} failed, {deleted} deleted"
+    );
+    failed
+}
+
 async fn diff(settings: Settings) -> ExitCode {
     let topology = match load_or_exit(&settings) {
         Ok(t) => t,
         Err(code) => return code,
     };
+    // Not drift of the broker, but what `topology apply` from here would skip.
+    for (user, reason) in users::missing_passwords(&topology.users) {
+        println!("note: user {user} cannot be applied from here: {reason}");
+    }
     let client = ManagementClient::new(&settings.rabbitmq);
     match diff::diff_live(&client, &topology).await {
         Ok(differences) if differences.is_empty() => {

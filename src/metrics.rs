@@ -3,8 +3,8 @@
 //! One registry per [`Metrics`] so that several apps in one test process do not collide.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const PREFIX: &str = "messages_broker";
@@ -52,6 +52,9 @@ metrics! {
     amqp_reconnects_total: IntCounter,
     /// 1 once the topology is declared (or verified) on the current connection.
     topology_applied: IntGauge,
+    /// Users of the topology file not in place after the last apply: password source missing or
+    /// refused by the broker (does not affect readiness).
+    topology_users_unapplied: IntGauge,
     /// Publishes through the API, by exchange and outcome.
     published_total: IntCounterVec["exchange", "outcome"],
     /// Time from request to broker confirm, seconds.
@@ -80,6 +83,12 @@ metrics! {
     dead_letters_ingested_total: IntCounterVec["queue"],
     /// Retries of failed messages, by outcome.
     retries_total: IntCounterVec["outcome"],
+    /// Delayed messages waiting for their time (the scheduler role's last count).
+    scheduled_messages: IntGauge,
+    /// How late the most overdue delayed message is, seconds (0 when none is due).
+    scheduled_due_lag_seconds: Gauge,
+    /// Delayed messages the scheduler role handled, by outcome (sent, failed, retry).
+    scheduled_released_total: IntCounterVec["outcome"],
     /// Publishes refused by a rate limit, by client.
     rate_limited_total: IntCounterVec["client"],
     /// Role restarts after a failure, by role.
@@ -140,7 +149,7 @@ macro_rules! declared_vec {
     )*};
 }
 
-declared_scalar!(IntGauge, IntCounter);
+declared_scalar!(IntGauge, IntCounter, Gauge);
 declared_vec!(IntGaugeVec, IntCounterVec, GaugeVec);
 
 impl Declared for Histogram {

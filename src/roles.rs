@@ -20,6 +20,8 @@ pub enum Role {
     Retrier,
     /// Polls queue depth, consumers and rates for the API and Prometheus.
     Stats,
+    /// Publishes delayed messages (kept in MySQL) when they are due.
+    Scheduler,
 }
 
 impl Role {

@@ -1,5 +1,5 @@
 //! The fleet as operators deploy it: every role alone in its own process of the real binary, the
-//! `applier,api` + `ingester,retrier,stats` split, and two api replicas sharing idempotency keys.
+//! `applier,api` + `ingester,retrier,stats,scheduler` split, and two api replicas sharing idempotency keys.
 //! Each process serves its probes and metrics, answers a JSON 404 where it lacks `api`, and does
 //! its own job on the real broker and database.
 
@@ -155,7 +155,29 @@ async fn each_role_runs_alone_in_its_own_process() {
     assert_probes(&mut stats, false).await;
     assert_stats_gauges(&env, &stats).await;
 
-    for process in [applier, api, ingester, retrier, stats] {
+    // The scheduler alone releases a message the api process scheduled.
+    let mut scheduler = Process::start(&env, "scheduler");
+    assert_probes(&mut scheduler, false).await;
+    let mut delayed = publish_body(&env.name("orders_exchange"), "orders.delayed");
+    delayed["delay"] = "1s".into();
+    let scheduled = api.post("/api/messages/publish", ADMIN_TOKEN, &delayed).await;
+    assert_eq!(scheduled.status(), 202, "{}", api.logs());
+    let queue = env.name("orders_queue");
+    let mut released = Vec::new();
+    for _ in 0..50 {
+        released.extend(drain(&env.settings, &queue).await);
+        if !released.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        released.len(),
+        1,
+        "the scheduler process released it\n{}",
+        scheduler.logs()
+    );
+
+    for process in [applier, api, ingester, retrier, stats, scheduler] {
         let roles = process.roles.clone();
         assert_eq!(process.stop().await, Some(0), "[{roles}] stops cleanly on SIGTERM");
     }
@@ -167,7 +189,7 @@ async fn the_api_and_worker_split_runs_the_whole_flow() {
     let mut env = TestEnv::new("fleet_split").await;
     fast_fleet(&mut env);
     let mut front = Process::start(&env, "applier,api");
-    let mut workers = Process::start(&env, "ingester,retrier,stats");
+    let mut workers = Process::start(&env, "ingester,retrier,stats,scheduler");
     assert_probes(&mut front, true).await;
     assert_probes(&mut workers, false).await;
     dead_letter_round_trip(&env, &front, &[&workers]).await;

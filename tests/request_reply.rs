@@ -279,9 +279,9 @@ async fn publish_guards_apply_to_requests() {
     let app = env.spawn().await;
     app.wait_ready().await;
 
-    // Every problem at once, the timeout's among them.
+    // Every problem at once, the timeout's among them; a request cannot be delayed.
     let bad = json!({"exchange": env.name("orders_exchange"), "routing_key": 3, "timeout": "1h",
-        "message": {"event": "e", "data": {}}});
+        "delay": "1m", "message": {"event": "e", "data": {}}});
     let answer = expect_error(
         "bad body",
         app.as_admin().post(REQUEST, &bad).await,
@@ -295,7 +295,7 @@ async fn publish_guards_apply_to_requests() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(fields, ["routing_key", "timeout"], "{answer}");
+    assert_eq!(fields, ["delay", "routing_key", "timeout"], "{answer}");
 
     // The allow-list, and the scope: the reader may not publish.
     let events = json!({"exchange": env.name("events"), "routing_key": "", "message": {"event": "e", "data": {}}});

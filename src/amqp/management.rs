@@ -105,6 +105,63 @@ pub struct ClientProperties {
     pub connection_name: Option<String>,
 }
 
+/// A broker user as `GET /api/users` lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    #[serde(default)]
+    pub password_hash: String,
+    #[serde(default)]
+    pub hashing_algorithm: String,
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+/// RabbitMQ 3.9+ lists tags as an array, older versions as one comma-separated string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Tags {
+    List(Vec<String>),
+    Joined(String),
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Self::List(Vec::new())
+    }
+}
+
+impl Tags {
+    /// The tags, sorted, without empty entries.
+    pub fn sorted(&self) -> Vec<String> {
+        let mut tags: Vec<String> = match self {
+            Self::List(list) => list.clone(),
+            Self::Joined(joined) => joined.split(',').map(|t| t.trim().to_owned()).collect(),
+        };
+        tags.retain(|t| !t.is_empty());
+        tags.sort();
+        tags
+    }
+}
+
+/// One user's configure/write/read regexes on our vhost.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PermissionInfo {
+    pub user: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// One user's routing-key regexes on one exchange of our vhost.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TopicPermissionInfo {
+    pub user: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
 impl ManagementClient {
     pub fn new(settings: &RabbitMqSettings) -> Self {
         let http = reqwest::Client::builder()
@@ -148,6 +205,11 @@ impl ManagementClient {
             .map_err(|source| ManagementError::Body { url, source })
     }
 
+    async fn put(&self, path: &str, body: &serde_json::Value) -> Result<(), ManagementError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.put(&url).json(body), &url).await.map(drop)
+    }
+
     async fn delete(&self, path: &str) -> Result<(), ManagementError> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.delete(&url), &url).await.map(drop)
@@ -180,6 +242,55 @@ impl ManagementClient {
     /// Force-closes a connection (fault injection in tests, operator tooling).
     pub async fn close_connection(&self, name: &str) -> Result<(), ManagementError> {
         self.delete(&format!("/api/connections/{}", segment(name))).await
+    }
+
+    /// The user this client signs in as: never reported as unknown, never deleted.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserInfo>, ManagementError> {
+        self.get("/api/users").await
+    }
+
+    /// Permissions of every user on our vhost.
+    pub async fn permissions(&self) -> Result<Vec<PermissionInfo>, ManagementError> {
+        self.get(&format!("/api/vhosts/{}/permissions", self.vhost)).await
+    }
+
+    /// Topic permissions of every user on our vhost.
+    pub async fn topic_permissions(&self) -> Result<Vec<TopicPermissionInfo>, ManagementError> {
+        self.get(&format!("/api/vhosts/{}/topic-permissions", self.vhost)).await
+    }
+
+    /// Creates or replaces a user; `body` holds `tags` and `password` or `password_hash`.
+    pub async fn put_user(&self, name: &str, body: &serde_json::Value) -> Result<(), ManagementError> {
+        self.put(&format!("/api/users/{}", segment(name)), body).await
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<(), ManagementError> {
+        self.delete(&format!("/api/users/{}", segment(name))).await
+    }
+
+    /// Sets `user`'s vhost permissions: `body` holds `configure`, `write` and `read`.
+    pub async fn put_permissions(&self, user: &str, body: &serde_json::Value) -> Result<(), ManagementError> {
+        self.put(&format!("/api/permissions/{}/{}", self.vhost, segment(user)), body)
+            .await
+    }
+
+    /// Sets `user`'s topic permission on one exchange: `body` holds `exchange`, `write`, `read`.
+    pub async fn put_topic_permission(&self, user: &str, body: &serde_json::Value) -> Result<(), ManagementError> {
+        self.put(
+            &format!("/api/topic-permissions/{}/{}", self.vhost, segment(user)),
+            body,
+        )
+        .await
+    }
+
+    /// Removes every topic permission of `user` on our vhost (the API has no per-exchange delete).
+    pub async fn delete_topic_permissions(&self, user: &str) -> Result<(), ManagementError> {
+        self.delete(&format!("/api/topic-permissions/{}/{}", self.vhost, segment(user)))
+            .await
     }
 
     pub async fn delete_queue(&self, name: &str) -> Result<(), ManagementError> {

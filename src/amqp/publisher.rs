@@ -33,6 +33,8 @@ pub struct OutgoingMessage {
     pub message_id: String,
     /// Application headers.
     pub headers: Vec<(String, AMQPValue)>,
+    /// AMQP priority; queues declared with `max_priority` deliver higher ones first.
+    pub priority: Option<u8>,
 }
 
 /// What the broker did with one message.
@@ -301,11 +303,15 @@ pub(crate) fn properties(message: &OutgoingMessage) -> BasicProperties {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    BasicProperties::default()
+    let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(ShortString::from(message.message_id.as_str()))
         .with_timestamp(now)
         .with_app_id(APP_ID.into())
-        .with_headers(headers)
+        .with_headers(headers);
+    match message.priority {
+        Some(priority) => properties.with_priority(priority),
+        None => properties,
+    }
 }

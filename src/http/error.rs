@@ -41,6 +41,7 @@ pub enum ErrorCode {
     RetryInProgress,
     IdempotencyConflict,
     PurgeRefused,
+    NotScheduled,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,
@@ -66,9 +67,11 @@ impl ErrorCode {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::AlreadyResolved | Self::RetryInProgress | Self::IdempotencyConflict | Self::PurgeRefused => {
-                StatusCode::CONFLICT
-            }
+            Self::AlreadyResolved
+            | Self::RetryInProgress
+            | Self::IdempotencyConflict
+            | Self::PurgeRefused
+            | Self::NotScheduled => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ValidationFailed | Self::UnknownExchange | Self::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,

@@ -97,7 +97,7 @@ pub fn parse_query(pairs: &[(String, String)], paginated: bool) -> Result<ListQu
     if fields.is_empty() { Ok(query) } else { Err(fields) }
 }
 
-fn parse_time(value: &str) -> Option<DateTime<Utc>> {
+pub(super) fn parse_time(value: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
         .ok()
@@ -109,7 +109,9 @@ fn parse_time(value: &str) -> Option<DateTime<Utc>> {
         })
 }
 
-fn query_pairs(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Vec<(String, String)>, ApiError> {
+pub(super) fn query_pairs(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, ApiError> {
     query
         .map(|Query(pairs)| pairs)
         .map_err(|_| ApiError::validation(BTreeMap::from([("query".into(), "is not a valid query string".into())])))
@@ -131,7 +133,7 @@ fn parse_id(raw: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("No failed message `{raw}`.")))
 }
 
-fn pool(state: &AppState) -> Result<&sqlx::MySqlPool, ApiError> {
+pub(super) fn pool(state: &AppState) -> Result<&sqlx::MySqlPool, ApiError> {
     state
         .pool
         .as_ref()

@@ -12,6 +12,7 @@ pub mod publish;
 pub mod queues;
 pub mod rate_limit;
 pub mod request;
+pub mod scheduled;
 pub mod topology;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -22,7 +23,7 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     middleware,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use sqlx::MySqlPool;
 use tokio::sync::watch;
@@ -151,6 +152,8 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/api/messages/failed/retry", post(failed::retry_matching))
         .route("/api/messages/failed/{id}", get(failed::show).delete(failed::delete))
         .route("/api/messages/retry/{id}", post(failed::retry_one))
+        .route("/api/messages/scheduled", get(scheduled::list))
+        .route("/api/messages/scheduled/{id}", delete(scheduled::cancel))
         .route("/api/queues", get(queues::list))
         .route("/api/queues/{queue}/stats", get(queues::stats))
         .route("/api/queues/{queue}/purge", post(queues::purge))

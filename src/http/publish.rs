@@ -13,7 +13,7 @@ use axum::{
     extract::{State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
 };
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -23,6 +23,7 @@ use super::{
     error::{ApiError, ErrorBody, ErrorCode},
     idempotency::{Claim, Idempotency, Ticket},
     rate_limit::RateLimits,
+    scheduled,
 };
 use crate::{
     amqp::{
@@ -101,6 +102,17 @@ pub struct PublishInput {
     pub message: Map<String, Value>,
     pub message_id: Option<String>,
     pub headers: Vec<(String, Value)>,
+    /// AMQP priority, 0 to 255.
+    pub priority: Option<u8>,
+    /// Delivered later: `delay` or `deliver_at`.
+    pub when: Option<When>,
+}
+
+/// When a delayed message is due, as the client said it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum When {
+    Delay(Duration),
+    At(DateTime<Utc>),
 }
 
 /// Checks the shape of one publish request; every problem is reported, keyed by its field path.
@@ -122,7 +134,7 @@ pub fn parse_input(value: Value, prefix: &str) -> Result<PublishInput, BTreeMap<
     for key in object.keys() {
         if !matches!(
             key.as_str(),
-            "exchange" | "routing_key" | "message" | "message_id" | "headers"
+            "exchange" | "routing_key" | "message" | "message_id" | "headers" | "priority" | "delay" | "deliver_at"
         ) {
             fields.insert(path(key), "unknown field".into());
         }
@@ -141,6 +153,17 @@ pub fn parse_input(value: Value, prefix: &str) -> Result<PublishInput, BTreeMap<
         }
     };
     let headers = parse_headers(object.remove("headers"), &path("headers"), &mut fields);
+    let priority = match object.remove("priority") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_u64().and_then(|p| u8::try_from(p).ok()) {
+            Some(priority) => Some(priority),
+            None => {
+                fields.insert(path("priority"), "must be an integer from 0 to 255".into());
+                None
+            }
+        },
+    };
+    let when = parse_when(object.remove("delay"), object.remove("deliver_at"), prefix, &mut fields);
     let message = match object.remove("message") {
         Some(Value::Object(message)) => {
             check_envelope(&message, &path("message."), &mut fields);
@@ -162,9 +185,49 @@ pub fn parse_input(value: Value, prefix: &str) -> Result<PublishInput, BTreeMap<
             message,
             message_id,
             headers,
+            priority,
+            when,
         })
     } else {
         Err(fields)
+    }
+}
+
+/// `delay` (`"90s"`, `"15m"`) or `deliver_at` (RFC 3339), not both.
+fn parse_when(
+    delay: Option<Value>,
+    deliver_at: Option<Value>,
+    prefix: &str,
+    fields: &mut BTreeMap<String, String>,
+) -> Option<When> {
+    let delay = delay.filter(|v| !v.is_null());
+    let deliver_at = deliver_at.filter(|v| !v.is_null());
+    match (delay, deliver_at) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            fields.insert(
+                format!("{prefix}delay"),
+                "give either delay or deliver_at, not both".into(),
+            );
+            None
+        }
+        (Some(delay), None) => match delay.as_str().map(humantime::parse_duration) {
+            Some(Ok(delay)) => Some(When::Delay(delay)),
+            _ => {
+                fields.insert(
+                    format!("{prefix}delay"),
+                    "must be a duration such as \"90s\" or \"15m\"".into(),
+                );
+                None
+            }
+        },
+        (None, Some(at)) => match at.as_str().map(DateTime::parse_from_rfc3339) {
+            Some(Ok(at)) => Some(When::At(at.with_timezone(&Utc))),
+            _ => {
+                fields.insert(format!("{prefix}deliver_at"), "must be an RFC 3339 date-time".into());
+                None
+            }
+        },
     }
 }
 
@@ -284,6 +347,13 @@ enum Prepared<'a> {
         ticket: Option<Ticket<'a>>,
         body: Value,
     },
+    /// Delayed: stored in MySQL, published by the scheduler role when due.
+    Scheduled {
+        message: Arc<OutgoingMessage>,
+        deliver_at: DateTime<Utc>,
+        ticket: Option<Ticket<'a>>,
+        body: Value,
+    },
 }
 
 async fn prepare<'a>(
@@ -319,8 +389,23 @@ async fn prepare<'a>(
     if let Err(err) = check_rate_limit(state, publishing, client, &input.exchange) {
         return Prepared::Answered(Err(err));
     }
+    let deliver_at = match scheduled::deliver_at(input.when, state.settings.scheduling.max_delay, prefix) {
+        Ok(at) => at,
+        Err(err) => return Prepared::Answered(Err(err)),
+    };
     match outgoing(state, client, input) {
-        Ok((message, body)) => Prepared::Ready { message, ticket, body },
+        Ok((message, body)) => match deliver_at {
+            None => Prepared::Ready { message, ticket, body },
+            Some(deliver_at) => {
+                let body = scheduled::answer(body, deliver_at);
+                Prepared::Scheduled {
+                    message,
+                    deliver_at,
+                    ticket,
+                    body,
+                }
+            }
+        },
         Err(err) => Prepared::Answered(Err(err)),
     }
 }
@@ -402,6 +487,7 @@ pub(super) fn outgoing(
         payload,
         message_id,
         headers,
+        priority: input.priority,
     });
     Ok((message, body))
 }
@@ -538,7 +624,15 @@ pub async fn publish(
     let (publishing, value) = publishing_body(&state, &client, &headers, body, state.settings.app.max_body_bytes)?;
     let key = idempotency_key(&headers)?;
     match prepare(&state, &publishing, &client, value, "", key.as_deref(), false).await {
-        Prepared::Answered(result) => result.map(|body| (StatusCode::CREATED, Json(body))),
+        Prepared::Answered(result) => result.map(|body| (scheduled::status_of(&body), Json(body))),
+        Prepared::Scheduled {
+            message,
+            deliver_at,
+            ticket,
+            body,
+        } => scheduled::store(&state, &client, &message, deliver_at, ticket, body)
+            .await
+            .map(|b| (StatusCode::ACCEPTED, Json(b))),
         Prepared::Ready { message, ticket, body } => {
             let outcome = publishing.publisher.publish(Arc::clone(&message)).await;
             state
@@ -588,7 +682,7 @@ pub async fn publish_batch(
         .iter()
         .filter_map(|slot| match slot {
             Prepared::Ready { message, .. } => Some(Arc::clone(message)),
-            Prepared::Answered(_) => None,
+            Prepared::Answered(_) | Prepared::Scheduled { .. } => None,
         })
         .collect();
     let mut outcomes = publishing.publisher.publish_many(ready).await.into_iter();
@@ -601,6 +695,12 @@ pub async fn publish_batch(
     for (index, slot) in slots.into_iter().enumerate() {
         let result = match slot {
             Prepared::Answered(result) => result,
+            Prepared::Scheduled {
+                message,
+                deliver_at,
+                ticket,
+                body,
+            } => scheduled::store(&state, &client, &message, deliver_at, ticket, body).await,
             Prepared::Ready { message, ticket, body } => {
                 let outcome = outcomes
                     .next()
@@ -610,8 +710,9 @@ pub async fn publish_batch(
         };
         results.push(match result {
             Ok(mut body) => {
+                let status = scheduled::status_of(&body).as_u16();
                 body["index"] = index.into();
-                body["status"] = 201.into();
+                body["status"] = status.into();
                 body
             }
             Err(err) => err.to_item(index),

@@ -2,7 +2,7 @@
 //! publish body plus `timeout`; it goes through publish's own steps (shape, allow-list, rate
 //! limits, envelope), then to the replies worker, and the answer is the responder's reply.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
     Json,
@@ -44,12 +44,16 @@ pub async fn request(
     let limit = state.settings.app.max_body_bytes;
     let (publishing, mut value) = publishing_body(&state, &client, &headers, body, limit)?;
     let timeout = take_timeout(&mut value, &state.settings.request);
-    // Every problem at once: the body's and the timeout's.
+    let refused = refused_fields(&value);
+    // Every problem at once: the body's, the timeout's and the delay's.
     let (input, timeout) = match (parse_input(value, ""), timeout) {
-        (Ok(input), Ok(timeout)) => (input, timeout.unwrap_or(state.settings.request.default_timeout)),
+        (Ok(input), Ok(timeout)) if refused.is_empty() => {
+            (input, timeout.unwrap_or(state.settings.request.default_timeout))
+        }
         (parsed, timeout) => {
             let mut fields = parsed.err().unwrap_or_default();
             fields.extend(timeout.err());
+            fields.extend(refused);
             return Err(ApiError::validation(fields));
         }
     };
@@ -99,6 +103,21 @@ fn take_timeout(body: &mut Value, settings: &RequestSettings) -> Result<Option<D
         ));
     }
     Ok(Some(timeout))
+}
+
+/// Publish's fields that a request cannot take: its caller waits for the reply now, so it cannot
+/// be delayed (`delay`, `deliver_at`).
+fn refused_fields(body: &Value) -> BTreeMap<String, String> {
+    ["delay", "deliver_at"]
+        .into_iter()
+        .filter(|field| body.get(field).is_some_and(|value| !value.is_null()))
+        .map(|field| {
+            (
+                field.to_owned(),
+                "a request cannot be delayed: its caller waits for the reply".to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The 200 answer: the reply's body by the same rule as failed payloads, and its headers.
@@ -152,6 +171,13 @@ mod tests {
             let err = timeout_of(json!({ "timeout": bad })).unwrap_err();
             assert_eq!(err.0, "timeout", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_request_cannot_be_delayed() {
+        let fields = refused_fields(&json!({"delay": "5s", "deliver_at": null, "priority": 9}));
+        assert_eq!(fields.keys().collect::<Vec<_>>(), ["delay"]);
+        assert!(refused_fields(&json!({"exchange": "e"})).is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod publish;
 mod rabbitmq;
 mod request;
 mod retry;
+mod topology;
 mod workers;
 
 pub use app::{AppSettings, LogFormat};
@@ -25,7 +26,8 @@ pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
 pub use request::RequestSettings;
 pub use retry::{MessageSettings, RetrySettings};
-pub use workers::{IngestSettings, StatsSettings};
+pub use topology::TopologySettings;
+pub use workers::{IngestSettings, SchedulingSettings, StatsSettings};
 
 /// The seed's environment variables and the setting each one sets.
 pub const ENV_KEYS: &[(&str, &str)] = &[
@@ -73,7 +75,9 @@ pub struct Settings {
     pub request: RequestSettings,
     pub stats: StatsSettings,
     pub ingest: IngestSettings,
+    pub scheduling: SchedulingSettings,
     pub auth: AuthSettings,
+    pub topology: TopologySettings,
 }
 
 /// A secret string: `Debug` and `Display` print `[redacted]`.
@@ -193,6 +197,12 @@ impl Settings {
 
     /// Rules serde cannot express.
     pub fn check(&self) -> Result<(), SettingsError> {
+        if self.scheduling.scan_interval.is_zero() || self.scheduling.max_delay.is_zero() {
+            return Err(SettingsError::new(
+                "scheduling.scan_interval",
+                "scan_interval and max_delay must be more than 0",
+            ));
+        }
         if self.database.connection != "mysql" {
             return Err(SettingsError::new(
                 "database.connection",

@@ -1,4 +1,5 @@
-//! `[stats]` and `[ingest]`: the pace of the stats poller and of the dead-letter ingester.
+//! `[stats]`, `[ingest]` and `[scheduling]`: the pace of the stats poller, of the dead-letter
+//! ingester and of the scheduler of delayed messages.
 
 use std::time::Duration;
 
@@ -42,6 +43,26 @@ impl Default for IngestSettings {
             batch_linger: Duration::from_millis(50),
             poison_deaths: 5,
             poison_window: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulingSettings {
+    /// Farthest ahead a publish may ask to be delivered (`delay` / `deliver_at`).
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// How often the scheduler role looks for due messages: a message goes out within this of its time.
+    #[serde(with = "humantime_serde")]
+    pub scan_interval: Duration,
+}
+
+impl Default for SchedulingSettings {
+    fn default() -> Self {
+        Self {
+            max_delay: Duration::from_secs(7 * 24 * 3600),
+            scan_interval: Duration::from_secs(1),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Compares the resolved topology with what the broker has (from the management API).
 //! Pure over the fetched lists, so the comparison is unit-tested without a broker.
+//! Users (when the file lists any) are compared in [`users`].
 
 use std::{collections::BTreeSet, fmt};
 
@@ -7,6 +8,9 @@ use serde_json::Value;
 
 use super::model::{ArgValue, Queue, Topology};
 use crate::amqp::management::{BindingInfo, ExchangeInfo, ManagementClient, ManagementError, QueueInfo};
+
+mod users;
+pub use users::{LiveUsers, diff_users};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
@@ -45,10 +49,23 @@ impl fmt::Display for Difference {
     }
 }
 
-/// Fetches the live state and compares.
+/// Fetches the live state and compares: the messaging entities, then the users (only fetched
+/// when the file lists some: reading users takes the administrator tag).
 pub async fn diff_live(client: &ManagementClient, topology: &Topology) -> Result<Vec<Difference>, ManagementError> {
     let (exchanges, queues, bindings) = tokio::try_join!(client.exchanges(), client.queues(), client.bindings())?;
-    Ok(diff(topology, &exchanges, &queues, &bindings))
+    let mut out = diff(topology, &exchanges, &queues, &bindings);
+    if !topology.users.is_empty() {
+        let (users, permissions, topic_permissions) =
+            tokio::try_join!(client.users(), client.permissions(), client.topic_permissions())?;
+        let live = LiveUsers {
+            users: &users,
+            permissions: &permissions,
+            topic_permissions: &topic_permissions,
+            ignored: &crate::topology::users::protected_users(client),
+        };
+        diff_users(&mut out, &topology.users, &live);
+    }
+    Ok(out)
 }
 
 /// Everything that differs, in order: exchanges, queues, then bindings.
@@ -231,6 +248,7 @@ mod tests {
                 routing_key: "orders.#".into(),
             }],
             rate_limits: vec![],
+            users: vec![],
         }
     }
 

@@ -1,11 +1,13 @@
 //! The platform's RabbitMQ topology: `model` (the file and its resolved form), `validate` (every
-//! error at once, defaults applied, dead-letter queues derived).
+//! error at once, defaults applied, dead-letter queues derived), `declare` and `users` (to the
+//! broker), `diff` (against it).
 
 pub mod declare;
 pub mod diff;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod model;
+pub mod users;
 pub mod validate;
 
 pub use model::*;

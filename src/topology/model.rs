@@ -24,6 +24,9 @@ pub struct TopologyFile {
     pub bindings: Vec<BindingSpec>,
     #[serde(default)]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// Broker users (one per service), their vhost permissions and topic permissions.
+    #[serde(default)]
+    pub users: Vec<UserSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +130,49 @@ pub struct RateLimitSpec {
     pub burst: Option<i64>,
 }
 
+/// One broker user. Its password is never in the file: exactly one of `password_env`,
+/// `password_file` or `password_hash` says where it comes from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub name: String,
+    /// An environment variable of the applier's process holding the password.
+    pub password_env: Option<String>,
+    /// A file holding the password (a mounted Kubernetes Secret); one trailing newline is dropped.
+    pub password_file: Option<String>,
+    /// RabbitMQ's own salted hash (base64), as `rabbitmqctl hash_password` prints it.
+    pub password_hash: Option<String>,
+    /// The hash's algorithm; only with `password_hash` (default `rabbit_password_hashing_sha256`).
+    pub hashing_algorithm: Option<String>,
+    /// Management tags (`administrator`, `monitoring`, `management`...); none by default.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Vhost permission regexes; `""` (the default) grants nothing.
+    #[serde(default)]
+    pub configure: String,
+    #[serde(default)]
+    pub write: String,
+    #[serde(default)]
+    pub read: String,
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionSpec>,
+}
+
+/// Which routing keys a user may publish with (`write`) on one topic exchange.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionSpec {
+    pub exchange: String,
+    pub write: String,
+    /// The broker checks it for consumers of MQTT and STOMP only; `.*` (anything) by default.
+    #[serde(default = "any_key")]
+    pub read: String,
+}
+
+fn any_key() -> String {
+    ".*".to_owned()
+}
+
 fn yes() -> bool {
     true
 }
@@ -146,7 +192,52 @@ pub struct Topology {
     /// File bindings, then one binding per dead-letter queue.
     pub bindings: Vec<Binding>,
     pub rate_limits: Vec<RateLimit>,
+    /// Not shown by `GET /api/topology`: its answer stays as it was, and no password hash leaves
+    /// the process.
+    #[serde(skip)]
+    pub users: Vec<User>,
 }
+
+/// A broker user after validation: one password source, compiled-and-checked regexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password: PasswordSource,
+    pub tags: Vec<String>,
+    pub permissions: Permissions,
+    /// Sorted by exchange, one per exchange.
+    pub topic_permissions: Vec<TopicPermission>,
+}
+
+/// Where a user's password comes from; read only when the user is created or updated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Env(String),
+    File(String),
+    Hash { hash: String, algorithm: String },
+}
+
+/// Configure, write and read regexes on the vhost, as RabbitMQ stores them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPermission {
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// The hashing algorithms RabbitMQ knows, the first being its default.
+pub const HASHING_ALGORITHMS: [&str; 3] = [
+    "rabbit_password_hashing_sha256",
+    "rabbit_password_hashing_sha512",
+    "rabbit_password_hashing_md5",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumIter, EnumString, IntoStaticStr)]
 #[serde(rename_all = "lowercase")]

@@ -2,8 +2,9 @@
 //!
 //! Validation never stops at the first error: an operator running `topology check` fixes the whole
 //! file in one pass. Errors come in file order — `queue_defaults`, `dead_letter_queues`,
-//! `exchanges`, `queues`, `bindings`, `rate_limits` — then the cross checks that only make sense
-//! once every section is known (derived dead-letter queues and their bindings). Within one item,
+//! `exchanges`, `queues`, `bindings`, `rate_limits`, `users` (in `validate/users.rs`) — then the
+//! cross checks that only make sense once every section is known (derived dead-letter queues and
+//! their bindings). Within one item,
 //! the checks of single fields come first, then the checks that combine fields.
 
 use std::collections::HashMap;
@@ -145,6 +146,11 @@ impl<'a> Validator<'a> {
 
         let bindings = self.check_bindings(&derived);
         let rate_limits = self.check_rate_limits();
+        // Permissions are matched against every name, dead-letter queues included.
+        let mut names: Vec<&str> = file.exchanges.iter().map(|e| e.name.as_str()).collect();
+        names.extend(file.queues.iter().map(|q| q.name.as_str()));
+        names.extend(derived.iter().map(|d| d.queue.name.as_str()));
+        let users = self.check_users(&users::EntityNames { names });
         self.cross_checks(&queues, &derived);
 
         if !self.errors.is_empty() {
@@ -163,6 +169,7 @@ impl<'a> Validator<'a> {
             queues: all_queues,
             bindings: all_bindings,
             rate_limits: rate_limits.into_iter().flatten().collect(),
+            users: users.into_iter().flatten().collect(),
         })
     }
 
@@ -931,3 +938,4 @@ fn derive_dead_letter_queues(file: &TopologyFile, queues: &[QueueOutcome], spec:
 
 #[cfg(test)]
 mod tests;
+mod users;

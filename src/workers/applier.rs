@@ -1,6 +1,11 @@
 //! The applier role: declares the topology on every new connection and publishes the outcome on
 //! a `watch`, so readiness (and consumers) know the exchanges and queues are there.
 //! Processes without the role run the same loop in `Verify` mode: they check, never declare.
+//!
+//! The applier also puts the file's `[[users]]` on the broker after the entities. Their outcome
+//! is logged and counted (`topology_users_unapplied`) but is not part of [`TopologyState`]:
+//! readiness says whether the exchanges and queues are there, and a service's missing password
+//! must not take this service out of its load balancer.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +25,7 @@ use crate::{
         Topology,
         declare::{self, Probe},
         diff::{self, Difference},
+        users::{self, UsersReport},
     },
 };
 
@@ -55,6 +61,8 @@ pub struct Applier {
     link: LinkReceiver,
     state: watch::Sender<TopologyState>,
     metrics: Arc<Metrics>,
+    /// `topology.delete_unknown_users`.
+    delete_unknown_users: bool,
 }
 
 impl Applier {
@@ -66,12 +74,34 @@ impl Applier {
             link: shared.link.clone(),
             state: shared.topology_state.clone(),
             metrics: shared.metrics.clone(),
+            delete_unknown_users: shared.settings.topology.delete_unknown_users,
         }
     }
 
-    /// The step: declares (or verifies) on this connection and says how it went.
+    /// The step: declares (or verifies) on this connection and says how it went. In `Declare`
+    /// mode, once the connection held, the users follow (their outcome is logged and counted).
     pub async fn step(&self, link: &Link) -> TopologyState {
-        apply(self.mode, link, &self.topology, &self.management).await
+        let state = apply(self.mode, link, &self.topology, &self.management).await;
+        if self.mode == Mode::Declare && state != TopologyState::Pending {
+            let report = self.apply_users().await;
+            self.metrics
+                .topology_users_unapplied
+                .set(i64::try_from(report.unapplied()).unwrap_or(i64::MAX));
+        }
+        state
+    }
+
+    /// The file's users, their permissions and topic permissions, through the management API.
+    pub async fn apply_users(&self) -> UsersReport {
+        let report = users::apply_users(&self.management, &self.topology.users, self.delete_unknown_users).await;
+        if !report.items.is_empty() {
+            info!(
+                users = report.items.len(),
+                unapplied = report.unapplied(),
+                "Broker users applied; each one not in place was logged with its reason."
+            );
+        }
+        report
     }
 }
 

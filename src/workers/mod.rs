@@ -7,6 +7,7 @@ pub mod applier;
 pub mod audit;
 pub mod ingester;
 pub mod retrier;
+pub mod scheduler;
 pub mod stats;
 pub mod ticker;
 

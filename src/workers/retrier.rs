@@ -198,6 +198,7 @@ fn republished(row: &Claimed) -> OutgoingMessage {
         payload: payload.into(),
         message_id: row.message_id.clone(),
         headers: message_headers,
+        priority: None,
     }
 }
 

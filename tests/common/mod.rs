@@ -187,6 +187,7 @@ impl Drop for TestEnv {
     /// refused: the cleanup gets its own thread and a small runtime there, and is waited for.
     fn drop(&mut self) {
         let settings = self.settings.clone();
+        let prefix = self.prefix.clone();
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -194,7 +195,9 @@ impl Drop for TestEnv {
                 .expect("cleanup runtime");
             // Bounded: a test that stopped the broker or the database must still end.
             // The timer is made inside `block_on`: outside it there is no runtime to register with.
-            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), remove_leftovers(settings)).await })
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), remove_leftovers(settings, &prefix)).await
+            })
         });
         // Best effort, and never a panic inside a panic: a failed cleanup only leaves leftovers.
         if !matches!(cleanup.join(), Ok(Ok(()))) {
@@ -206,9 +209,16 @@ impl Drop for TestEnv {
     }
 }
 
-/// Deletes the topology's queues and exchanges and drops the test database (best effort).
-async fn remove_leftovers(settings: Settings) {
+/// Deletes the topology's queues and exchanges, the broker users named with the test's prefix,
+/// and drops the test database (best effort).
+async fn remove_leftovers(settings: Settings, prefix: &str) {
     let management = ManagementClient::new(&settings.rabbitmq);
+    // Every user a test makes (in its topology or by hand) starts with its unique prefix.
+    for user in management.users().await.unwrap_or_default() {
+        if user.name.starts_with(prefix) {
+            let _ = management.delete_user(&user.name).await;
+        }
+    }
     if let Ok(topology) = messages_broker::app::load_topology(&settings) {
         for queue in &topology.queues {
             let _ = management.delete_queue(&queue.name).await;

@@ -1059,3 +1059,169 @@ fn the_repository_topology_is_valid_and_complete() {
         ]
     );
 }
+
+/// Two exchanges (topic and fanout) and one dead-lettering queue, then `users`.
+fn with_users(users: &str) -> String {
+    format!(
+        r#"
+            [queue_defaults]
+            dead_letter_exchange = "dlx"
+
+            [dead_letter_queues]
+
+            [[exchanges]]
+            name = "orders_exchange"
+            type = "topic"
+
+            [[exchanges]]
+            name = "events"
+            type = "fanout"
+
+            [[exchanges]]
+            name = "dlx"
+            type = "direct"
+
+            [[queues]]
+            name = "orders_queue"
+            {users}
+        "#
+    )
+}
+
+#[test]
+fn users_resolve_with_their_password_source_and_sorted_topic_permissions() {
+    let topology = valid(&with_users(
+        r#"
+            [[users]]
+            name = "orders-service"
+            password_env = "RABBITMQ_PASSWORD_ORDERS"
+            tags = ["monitoring"]
+            write = "^(orders_exchange|events)$"
+            read = '^orders_queue(\.dlq)?$'
+
+            [[users.topic_permissions]]
+            exchange = "orders_exchange"
+            write = '^orders\..*'
+
+            [[users]]
+            name = "reader"
+            password_file = "/run/secrets/reader"
+            configure = ""
+            read = ".*"
+
+            [[users]]
+            name = "hashed"
+            password_hash = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo="
+            hashing_algorithm = "rabbit_password_hashing_sha512"
+        "#,
+    ));
+    let names: Vec<&str> = topology.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["orders-service", "reader", "hashed"]);
+    let orders = &topology.users[0];
+    assert_eq!(orders.password, PasswordSource::Env("RABBITMQ_PASSWORD_ORDERS".into()));
+    assert_eq!(orders.tags, ["monitoring"]);
+    assert_eq!(orders.permissions.configure, "");
+    assert_eq!(
+        orders.topic_permissions,
+        [TopicPermission {
+            exchange: "orders_exchange".into(),
+            write: r"^orders\..*".into(),
+            read: ".*".into(),
+        }]
+    );
+    assert_eq!(
+        topology.users[1].password,
+        PasswordSource::File("/run/secrets/reader".into())
+    );
+    assert_eq!(
+        topology.users[2].password,
+        PasswordSource::Hash {
+            hash: "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo=".into(),
+            algorithm: "rabbit_password_hashing_sha512".into(),
+        }
+    );
+}
+
+#[test]
+fn bad_users_are_all_reported_with_their_paths() {
+    let errors = errors(&with_users(
+        r#"
+            [[users]]
+            name = "orders-service"
+            password_env = "1BAD-NAME"
+            hashing_algorithm = "rabbit_password_hashing_sha256"
+            tags = ["", "a,b"]
+            configure = "(unclosed"
+            write = "^order_exchange$"
+            read = "^orders_queue.dlq$"
+
+            [[users.topic_permissions]]
+            exchange = "events"
+            write = "["
+
+            [[users.topic_permissions]]
+            exchange = "ghost"
+            write = ""
+
+            [[users.topic_permissions]]
+            exchange = "events"
+            write = ".*"
+
+            [[users]]
+            name = "orders-service"
+
+            [[users]]
+            name = ""
+            password_env = "A"
+            password_file = "/x"
+            password_hash = "not base64!"
+            hashing_algorithm = "md5"
+        "#,
+    ));
+    assert_eq!(
+        errors,
+        vec![
+            "users[0].hashing_algorithm: only applies with password_hash",
+            "users[0].password_env: `1BAD-NAME` is not an environment variable name (ASCII letters, digits, `_`, not starting with a digit)",
+            "users[0].tags[0]: `` must be one non-empty tag without `,`",
+            "users[0].tags[1]: `a,b` must be one non-empty tag without `,`",
+            "users[0].configure: `(unclosed` is not a valid regex: unclosed group",
+            "users[0].write: `^order_exchange$` matches no exchange or queue of this topology (`\"\"` grants nothing)",
+            "users[0].topic_permissions[0].exchange: `events` is a fanout exchange; RabbitMQ checks topic permissions on topic exchanges only",
+            "users[0].topic_permissions[0].write: `[` is not a valid regex: unclosed character class",
+            "users[0].topic_permissions[1].exchange: exchange `ghost` is not declared in [[exchanges]]",
+            "users[0].topic_permissions[1].write: must not be empty: write `^$` to allow no routing key, `.*` to allow any",
+            "users[0].topic_permissions[2].exchange: `events` is a fanout exchange; RabbitMQ checks topic permissions on topic exchanges only",
+            "users[0].topic_permissions[2].exchange: duplicate topic permission on `events` (first at users[0].topic_permissions[0])",
+            "users[1].name: duplicate user `orders-service` (first declared at users[0])",
+            "users[1]: set exactly one of password_env, password_file or password_hash (none is set); the password itself never goes in this file",
+            "users[2].name: must not be empty",
+            "users[2]: set exactly one of password_env, password_file or password_hash (password_env and password_file and password_hash are set); the password itself never goes in this file",
+            "users[2].hashing_algorithm: unknown algorithm `md5` (expected rabbit_password_hashing_sha256, rabbit_password_hashing_sha512, rabbit_password_hashing_md5)",
+            "users[2].password_hash: is not a RabbitMQ password hash (base64 of a 4-byte salt and the digest, as `rabbitmqctl hash_password` prints it)",
+        ]
+    );
+}
+
+#[test]
+fn empty_and_catch_all_permissions_are_valid() {
+    let topology = valid(&with_users(
+        r#"
+            [[users]]
+            name = "nobody"
+            password_env = "P"
+            configure = ""
+            write = ""
+            read = ""
+
+            [[users]]
+            name = "everything"
+            password_env = "P"
+            configure = ".*"
+            write = ".*"
+            read = ".*"
+        "#,
+    ));
+    assert_eq!(topology.users.len(), 2);
+    assert_eq!(topology.users[0].permissions, Permissions::default());
+}

@@ -959,6 +959,8 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("get", "/api/messages/failed/{id}", "read"),
     ("delete", "/api/messages/failed/{id}", "operate"),
     ("post", "/api/messages/retry/{id}", "operate"),
+    ("get", "/api/messages/scheduled", "read"),
+    ("delete", "/api/messages/scheduled/{id}", "operate"),
     ("get", "/api/queues", "read"),
     ("get", "/api/queues/{queue}/stats", "read"),
     ("post", "/api/queues/{queue}/purge", "admin"),

@@ -13,7 +13,9 @@
 //!   time;
 //! - (c) `POST /api/messages/publish/batch`, 4 connections, 250 messages per request;
 //! - (d) RabbitMQ's management API publish endpoint (the REST publish users have without the
-//!   service), 32 connections.
+//!   service), 32 connections;
+//! - (r) `POST /api/messages/request`, 32 connections each waiting for its reply: the drain
+//!   consumer is the responder (it echoes each request), so a message is a full round trip.
 //!
 //! Scenarios run in interleaved rounds (3 by default; the printout gives the median and the range).
 //! Each scenario runs a warm-up (1 s, not counted), then a measured window (10 s). A request or a
@@ -132,8 +134,8 @@ struct PublishArgs {
     /// Pid of the database server (the service writes its audit trail there): CPU use per scenario.
     #[arg(long)]
     db_pid: Option<u32>,
-    /// Scenarios to run, among a,a32,b,c,d.
-    #[arg(long, value_delimiter = ',', default_value = "a,a32,b,c,d")]
+    /// Scenarios to run, among a,a32,b,c,d,r.
+    #[arg(long, value_delimiter = ',', default_value = "a,a32,b,c,d,r")]
     scenarios: Vec<String>,
 }
 
@@ -408,13 +410,13 @@ fn payloads() -> Payloads {
 
 async fn publish(args: PublishArgs) -> Result<()> {
     for scenario in &args.scenarios {
-        if !["a", "a32", "b", "c", "d"].contains(&scenario.as_str()) {
-            bail!("unknown scenario `{scenario}` (choose among a,a32,b,c,d)");
+        if !["a", "a32", "b", "c", "d", "r"].contains(&scenario.as_str()) {
+            bail!("unknown scenario `{scenario}` (choose among a,a32,b,c,d,r)");
         }
     }
     let wants = |s: &str| args.scenarios.iter().any(|x| x == s);
-    if (wants("b") || wants("c")) && args.token.is_none() {
-        bail!("scenarios b and c need --token (or BENCH_TOKEN)");
+    if (wants("b") || wants("c") || wants("r")) && args.token.is_none() {
+        bail!("scenarios b, c and r need --token (or BENCH_TOKEN)");
     }
     if args.duration <= 0.0 || args.warmup < 0.0 || args.rounds == 0 {
         bail!("--duration must be > 0, --warmup >= 0 and --rounds >= 1");
@@ -427,6 +429,13 @@ async fn publish(args: PublishArgs) -> Result<()> {
         "exchange": args.exchange,
         "routing_key": args.routing_key,
         "message": payloads.message,
+    }))?;
+    // (r): the drain consumer answers it (see `start_drain`), so its time is a full round trip.
+    let request_body = serde_json::to_vec(&json!({
+        "exchange": args.exchange,
+        "routing_key": args.routing_key,
+        "message": payloads.message,
+        "timeout": "5s",
     }))?;
     let batch_body = serde_json::to_vec(&json!({
         "messages": vec![json!({
@@ -487,7 +496,7 @@ async fn publish(args: PublishArgs) -> Result<()> {
 
     let token = args.token.clone().unwrap_or_default();
     let base = args.url.trim_end_matches('/');
-    let http_scenarios: [(&'static str, String, usize, Arc<Job>); 3] = [
+    let http_scenarios: [(&'static str, String, usize, Arc<Job>); 4] = [
         (
             "b",
             format!("(b) POST publish, {} conns", args.connections),
@@ -496,6 +505,16 @@ async fn publish(args: PublishArgs) -> Result<()> {
                 url: format!("{base}/api/messages/publish"),
                 token: token.clone(),
                 body: single_body,
+            }),
+        ),
+        (
+            "r",
+            format!("(r) POST request-reply, {} conns", args.connections),
+            args.connections,
+            Arc::new(Job::Request {
+                url: format!("{base}/api/messages/request"),
+                token: token.clone(),
+                body: request_body,
             }),
         ),
         (
@@ -630,7 +649,9 @@ async fn check_topology(conn: &Connection, exchange: &str, queue: &str) -> Resul
     Ok(())
 }
 
-/// Consumes the queue without acknowledgements for the whole run, counting deliveries.
+/// Consumes the queue without acknowledgements for the whole run, counting deliveries. It is also
+/// the responder of (r): a message with a `reply_to` is answered with its own body, on the default
+/// exchange, routing key = reply_to, same correlation_id (as the README tells services to).
 async fn start_drain(conn: &Connection, queue: &str, drained: Arc<AtomicU64>) -> Result<()> {
     let channel = conn.create_channel().await?;
     let mut consumer = channel
@@ -647,11 +668,21 @@ async fn start_drain(conn: &Connection, queue: &str, drained: Arc<AtomicU64>) ->
         .with_context(|| format!("consuming `{queue}`"))?;
     tokio::spawn(async move {
         // The channel must live as long as the consumer.
-        let _channel = channel;
         while let Some(delivery) = consumer.next().await {
             match delivery {
-                Ok(_) => {
+                Ok(delivery) => {
                     drained.fetch_add(1, Ordering::Relaxed);
+                    if let Some(reply_to) = delivery.properties.reply_to().clone() {
+                        let mut properties = BasicProperties::default();
+                        if let Some(id) = delivery.properties.correlation_id().clone() {
+                            properties = properties.with_correlation_id(id);
+                        }
+                        let options = BasicPublishOptions::default();
+                        let reply = channel.basic_publish("".into(), reply_to, options, &delivery.data, properties);
+                        if let Err(err) = reply.await {
+                            eprintln!("bench: cannot reply to a request: {err}");
+                        }
+                    }
                 }
                 Err(err) => {
                     eprintln!("bench: drain consumer stopped: {err}");
@@ -771,6 +802,12 @@ enum Job {
         token: String,
         body: Vec<u8>,
     },
+    /// Request-reply: a success is the reply (200).
+    Request {
+        url: String,
+        token: String,
+        body: Vec<u8>,
+    },
     Batch {
         url: String,
         token: String,
@@ -796,9 +833,9 @@ impl Job {
     /// Where the request goes and what it carries, worked out once per worker.
     fn target(&self) -> Result<Target> {
         let (url, authorization, body) = match self {
-            Job::Publish { url, token, body } | Job::Batch { url, token, body, .. } => {
-                (url, format!("Bearer {token}"), body)
-            }
+            Job::Publish { url, token, body }
+            | Job::Request { url, token, body }
+            | Job::Batch { url, token, body, .. } => (url, format!("Bearer {token}"), body),
             Job::Management {
                 url,
                 user,
@@ -830,6 +867,8 @@ impl Job {
         match self {
             Job::Publish { .. } if status == StatusCode::CREATED => Attempt::ok(1),
             Job::Publish { .. } => Attempt::failed(error_kind(status, &body), 1),
+            Job::Request { .. } if status == StatusCode::OK => Attempt::ok(1),
+            Job::Request { .. } => Attempt::failed(error_kind(status, &body), 1),
             Job::Batch { size, .. } => batch_outcome(status, &body, *size),
             Job::Management { .. } => match serde_json::from_slice::<Value>(&body) {
                 Ok(answer) if status == StatusCode::OK && answer["routed"] == json!(true) => Attempt::ok(1),

@@ -10,7 +10,8 @@
 #   publish   (a) AMQP confirmed publishes, window 256 (the broker's ceiling), (a32) the same
 #             with window 32 ((b)'s concurrency), (b) POST /api/messages/publish at 32
 #             connections, (c) POST /api/messages/publish/batch, (d) RabbitMQ's management API
-#             publish at 32 connections; BENCH_ROUNDS interleaved rounds, medians and ranges of
+#             publish at 32 connections, (r) POST /api/messages/request at 32 connections (the
+#             bench's drain consumer is the responder); BENCH_ROUNDS interleaved rounds, medians and ranges of
 #             msg/s, p50/p99, errors, CPU per message of each process, the service's peak RSS
 #             and the ratios. The audit table of the bench database is emptied first: a table
 #             grown by earlier runs past the InnoDB buffer pool slows every insert.

@@ -61,6 +61,14 @@ metrics! {
     publish_duration_seconds: Histogram buckets = vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     ],
+    /// Requests through POST /api/messages/request, by exchange and outcome.
+    requests_total: IntCounterVec["exchange", "outcome"],
+    /// Time from request to reply (or to the error answer), seconds.
+    request_duration_seconds: Histogram buckets = vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ],
+    /// Replies that arrived when no request waited for them any more (past their timeout), dropped.
+    late_replies_total: IntCounter,
     /// Messages in the queue (ready + unacked).
     queue_messages: IntGaugeVec["queue"],
     /// Messages delivered and not yet acknowledged.

@@ -259,6 +259,21 @@ fn a_bad_setting_exits_2_naming_the_key() {
     assert!(stderr.contains("`--roles`"), "{stderr}");
 }
 
+/// Kubernetes injects `<SERVICE>_PORT=tcp://...` for every Service; ours is named messages-broker.
+#[test]
+fn kubernetes_service_variables_are_not_settings() {
+    let injected = [
+        ("MESSAGES_BROKER_PORT", "tcp://10.0.0.1:8000"),
+        ("MESSAGES_BROKER_SERVICE_HOST", "10.0.0.1"),
+        ("MESSAGES_BROKER_PORT_8000_TCP", "tcp://10.0.0.1:8000"),
+    ];
+    let (code, stdout, stderr) = run_cli(&["topology", "check", "topology.toml"], &injected);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // A real setting in the generic form still counts.
+    let (code, _, stderr) = run_cli(&["topology", "check"], &[("MESSAGES_BROKER_APP__PORT", "x")]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
 #[test]
 fn topology_check_prints_every_error() {
     let dir = tempfile::tempdir().unwrap();

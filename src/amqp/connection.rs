@@ -40,6 +40,16 @@ pub async fn wait_for_link(rx: &mut LinkReceiver, cancel: &CancellationToken) ->
     }
 }
 
+/// The pause after a channel failed to open, before the next try: short, since callers wait on
+/// that channel; not zero, or a connection that refuses channels (closing, or at channel_max)
+/// would be asked in a tight loop. `false` when cancelled meanwhile.
+pub async fn pause_before_reopening(cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(Duration::from_millis(200)) => true,
+    }
+}
+
 /// Opens one connection, named so operators (and tests) can find it in the management UI.
 pub async fn connect(settings: &RabbitMqSettings, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());

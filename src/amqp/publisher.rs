@@ -18,7 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::connection::{LinkReceiver, wait_for_link};
+use super::connection::{LinkReceiver, pause_before_reopening, wait_for_link};
+
+/// The `app_id` of every message this service publishes.
+pub const APP_ID: &str = "messages-broker";
 
 /// One message to publish. The payload is already the JSON body. Passed as an `Arc`: callers
 /// keep it for the audit trail and their answer while it is in flight.
@@ -141,12 +144,10 @@ async fn run(
             Ok(channel) => channel,
             Err(err) => {
                 warn!(error = %err, "Cannot open the publishing channel; retrying.");
-                // Short: callers wait on this channel. Not zero: a connection that refuses channels
-                // (closing, or at channel_max) would otherwise be asked in a tight loop.
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                if pause_before_reopening(&cancel).await {
+                    continue;
                 }
+                return;
             }
         };
         info!(generation = current.generation, "Publisher ready.");
@@ -159,7 +160,7 @@ async fn run(
     }
 }
 
-async fn open_channel(connection: &lapin::Connection) -> lapin::Result<Channel> {
+pub(crate) async fn open_channel(connection: &lapin::Connection) -> lapin::Result<Channel> {
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(channel)
@@ -254,6 +255,16 @@ async fn publish_all(
 /// Sends one message and waits for its confirm. lapin assigns the delivery tag and queues the
 /// frames on the first poll, so concurrent sends on one channel keep tags and frames in step.
 async fn publish_one(channel: &Channel, message: &OutgoingMessage) -> PublishOutcome {
+    publish_with(channel, message, properties(message)).await
+}
+
+/// [`publish_one`] with the properties given: the request-reply worker adds its own (reply_to,
+/// correlation_id, expiration) and shares the confirm handling.
+pub(crate) async fn publish_with(
+    channel: &Channel,
+    message: &OutgoingMessage,
+    properties: BasicProperties,
+) -> PublishOutcome {
     let sent = channel
         .basic_publish(
             ShortString::from(message.exchange.as_str()),
@@ -263,7 +274,7 @@ async fn publish_one(channel: &Channel, message: &OutgoingMessage) -> PublishOut
                 immediate: false,
             },
             &message.payload,
-            properties(message),
+            properties,
         )
         .await;
     match sent {
@@ -284,7 +295,7 @@ fn outcome_of(confirmation: Confirmation) -> PublishOutcome {
     }
 }
 
-fn properties(message: &OutgoingMessage) -> BasicProperties {
+pub(crate) fn properties(message: &OutgoingMessage) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in &message.headers {
         headers.insert(ShortString::from(name.as_str()), value.clone());
@@ -297,7 +308,7 @@ fn properties(message: &OutgoingMessage) -> BasicProperties {
         .with_content_type("application/json".into())
         .with_message_id(ShortString::from(message.message_id.as_str()))
         .with_timestamp(now)
-        .with_app_id("messages-broker".into())
+        .with_app_id(APP_ID.into())
         .with_headers(headers);
     match message.priority {
         Some(priority) => properties.with_priority(priority),

@@ -19,7 +19,11 @@ use tracing::{error, info, warn};
 
 use super::server::BodyTimedOut;
 use crate::{
-    amqp::{calls::CallError, publisher::PublishOutcome},
+    amqp::{
+        calls::CallError,
+        publisher::PublishOutcome,
+        replies::{ERROR_HEADER, Reply, RequestOutcome},
+    },
     store::{StoreError, failed_messages::ClaimRefusal},
 };
 
@@ -49,6 +53,10 @@ pub enum ErrorCode {
     RateLimited,
     QueueFull,
     BrokerUnavailable,
+    /// The responder answered a request with its error header (`mb-error`).
+    ReplyError,
+    /// No reply to a request within its timeout.
+    ReplyTimeout,
     DatabaseUnavailable,
     StatsUnavailable,
 }
@@ -72,6 +80,8 @@ impl ErrorCode {
             Self::ValidationFailed | Self::UnknownExchange | Self::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ConfirmationRequired => StatusCode::PRECONDITION_REQUIRED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::ReplyError => StatusCode::BAD_GATEWAY,
+            Self::ReplyTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::QueueFull | Self::BrokerUnavailable | Self::DatabaseUnavailable | Self::StatsUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -276,6 +286,46 @@ impl ApiError {
                 "RabbitMQ did not confirm in time; the message may or may not have been stored.",
             ),
         })
+    }
+}
+
+impl ApiError {
+    /// What became of a request to `exchange`/`routing_key`: the reply, or the error to answer
+    /// (a reply that carries the responder's error header is one).
+    pub fn from_request(
+        outcome: RequestOutcome,
+        exchange: &str,
+        routing_key: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Reply, Self> {
+        match outcome {
+            RequestOutcome::Replied(reply) => {
+                let error = reply
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|headers| headers.inner().get(ERROR_HEADER).map(crate::amqp::headers::to_json));
+                match error {
+                    None => Ok(*reply),
+                    Some(error) => {
+                        let reason = error.as_str().map_or_else(|| error.to_string(), str::to_owned);
+                        Err(Self::new(
+                            ErrorCode::ReplyError,
+                            format!("The responder answered with an error: {reason}"),
+                        ))
+                    }
+                }
+            }
+            RequestOutcome::TimedOut => Err(Self::new(
+                ErrorCode::ReplyTimeout,
+                format!(
+                    "No reply within {} from a responder of `{exchange}`/`{routing_key}`.",
+                    humantime::format_duration(timeout)
+                ),
+            )),
+            RequestOutcome::NotPublished(outcome) => Err(Self::from_publish(&outcome, exchange, routing_key)
+                .unwrap_or_else(|| Self::broker_unavailable("RabbitMQ confirmed a request it did not send."))),
+        }
     }
 }
 

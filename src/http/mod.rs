@@ -11,6 +11,7 @@ pub mod probes;
 pub mod publish;
 pub mod queues;
 pub mod rate_limit;
+pub mod request;
 pub mod scheduled;
 pub mod server;
 pub mod topology;
@@ -147,6 +148,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             "/api/messages/publish/batch",
             post(publish::publish_batch).layer(batch_limit),
         )
+        .route("/api/messages/request", post(request::request))
         .route("/api/messages/failed", get(failed::list))
         .route("/api/messages/failed/retry", post(failed::retry_matching))
         .route("/api/messages/failed/{id}", get(failed::show).delete(failed::delete))

@@ -6,13 +6,13 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{error, failed, probes, publish, queues, scheduled, topology};
+use super::{error, failed, probes, publish, queues, request, scheduled, topology};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "messages-broker", description = "RabbitMQ coordination for the e-commerce platform."),
     paths(
-        probes::health, probes::ready, probes::metrics, topology::show, publish::publish, publish::publish_batch,
+        probes::health, probes::ready, probes::metrics, topology::show, publish::publish, publish::publish_batch, request::request,
         failed::list, failed::show, failed::retry_one, failed::retry_matching, failed::delete,
         queues::list, queues::stats, queues::purge, scheduled::list, scheduled::cancel,
     ),

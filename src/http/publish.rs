@@ -29,6 +29,7 @@ use crate::{
     amqp::{
         headers,
         publisher::{OutgoingMessage, PublishOutcome, Publisher},
+        replies::Replies,
     },
     settings::Scope,
     shared::Shared,
@@ -44,11 +45,13 @@ pub struct Publishing {
     pub idempotency: Arc<Idempotency>,
     /// `None` when `publish.audit` is off.
     pub audit: Option<AuditSink>,
+    /// Request-reply (`POST /api/messages/request`): its own channel, shared by every request.
+    pub replies: Replies,
 }
 
 impl Publishing {
     /// The api role's publishing parts: the confirm pipeline, the rate limits, the idempotency
-    /// keys (and their cleanup) and the audit writer.
+    /// keys (and their cleanup), the audit writer and the replies worker.
     pub fn start(shared: &Shared) -> Self {
         let (settings, stages) = (&shared.settings, &shared.stages);
         let audit = settings.publish.audit.then(|| {
@@ -71,7 +74,15 @@ impl Publishing {
             lease,
         ));
         shared.spawn_role(idempotency.clone());
+        // In the pipeline stage: it stops after HTTP, once the requests in flight are answered.
+        let (replies, worker) = Replies::new(
+            shared.link.clone(),
+            shared.metrics.clone(),
+            stages.pipeline_cancel.clone(),
+        );
+        stages.pipeline.spawn_named("replies", worker);
         Self {
+            replies,
             publisher: shared.publisher(),
             limits: RateLimits::from_topology(&shared.topology.rate_limits),
             idempotency,
@@ -400,7 +411,7 @@ async fn prepare<'a>(
 }
 
 /// The exchange must be a public one of the topology, and in the client's allow-list.
-fn check_target(state: &AppState, client: &Client, exchange: &str) -> Result<(), ApiError> {
+pub(super) fn check_target(state: &AppState, client: &Client, exchange: &str) -> Result<(), ApiError> {
     match state.topology.exchange(exchange) {
         Some(found) if !found.internal => {}
         _ => {
@@ -420,7 +431,7 @@ fn check_target(state: &AppState, client: &Client, exchange: &str) -> Result<(),
 }
 
 /// 429 with `Retry-After` when a bucket of the topology's rate limits is empty (counted).
-fn check_rate_limit(
+pub(super) fn check_rate_limit(
     state: &AppState,
     publishing: &Publishing,
     client: &Client,
@@ -447,7 +458,11 @@ fn check_rate_limit(
 }
 
 /// The message as it goes to the broker (envelope completed, id given), and the 201 body.
-fn outgoing(state: &AppState, client: &Client, input: PublishInput) -> Result<(Arc<OutgoingMessage>, Value), ApiError> {
+pub(super) fn outgoing(
+    state: &AppState,
+    client: &Client,
+    input: PublishInput,
+) -> Result<(Arc<OutgoingMessage>, Value), ApiError> {
     let message_id = input.message_id.clone().unwrap_or_else(new_message_id);
     let envelope = complete_envelope(input.message, &client.name);
     let payload = bytes::Bytes::from(serde_json::to_vec(&envelope).expect("a JSON map serializes"));
@@ -538,6 +553,20 @@ fn publishing(state: &AppState) -> Result<&Arc<Publishing>, ApiError> {
         .ok_or_else(|| ApiError::not_found("Publishing is served by the `api` role."))
 }
 
+/// What every publishing route does first, in this order: the scope, the role, the JSON body (at
+/// most `limit` bytes).
+pub(super) fn publishing_body(
+    state: &AppState,
+    client: &Client,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<(Arc<Publishing>, Value), ApiError> {
+    client.require(Scope::Publish)?;
+    let publishing = publishing(state)?.clone();
+    Ok((publishing, json_body(headers, body, limit)?))
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -555,19 +584,37 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The error answers of one publish, in the OpenAPI document of the routes that publish one
+/// message (publish, request).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: only its documentation is used
+pub(super) enum PublishErrors {
+    #[response(status = 400, description = "invalid_json")]
+    InvalidJson(ErrorBody),
+    #[response(status = 401, description = "")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "")]
+    Forbidden(ErrorBody),
+    #[response(status = 408, description = "request_timeout: the body stalled")]
+    RequestTimeout(ErrorBody),
+    #[response(status = 413, description = "payload_too_large")]
+    PayloadTooLarge(ErrorBody),
+    #[response(status = 415, description = "unsupported_media_type")]
+    UnsupportedMediaType(ErrorBody),
+    #[response(status = 422, description = "validation_failed, unknown_exchange, unroutable")]
+    Unprocessable(ErrorBody),
+    #[response(status = 429, description = "rate_limited, with Retry-After")]
+    RateLimited(ErrorBody),
+    #[response(status = 503, description = "queue_full, broker_unavailable")]
+    Unavailable(ErrorBody),
+}
+
 #[utoipa::path(post, path = "/api/messages/publish", operation_id = "publish_message", tag = "messages", security(("bearer" = [])),
     request_body(content = Object, description = "{\"exchange\", \"routing_key\", \"message\": {\"event\", \"data\", \"timestamp\"?, \"metadata\"?}, \"message_id\"?, \"headers\"?}"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Publishing the same key again within 24 h answers the first result")),
     responses(
         (status = 201, description = "Confirmed by the broker: {message_id, exchange, routing_key, status: published}"),
-        (status = 400, body = ErrorBody, description = "invalid_json"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 408, body = ErrorBody, description = "request_timeout: the body stalled"),
-        (status = 413, body = ErrorBody, description = "payload_too_large"),
-        (status = 415, body = ErrorBody, description = "unsupported_media_type"),
-        (status = 422, body = ErrorBody, description = "validation_failed, unknown_exchange, unroutable"),
-        (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After"),
-        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable"),
+        PublishErrors,
     ))]
 pub async fn publish(
     State(state): State<AppState>,
@@ -576,9 +623,7 @@ pub async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let started = Instant::now();
-    client.require(Scope::Publish)?;
-    let publishing = publishing(&state)?.clone();
-    let value = json_body(&headers, body, state.settings.app.max_body_bytes)?;
+    let (publishing, value) = publishing_body(&state, &client, &headers, body, state.settings.app.max_body_bytes)?;
     let key = idempotency_key(&headers)?;
     match prepare(&state, &publishing, &client, value, "", key.as_deref(), false).await {
         Prepared::Answered(result) => result.map(|body| (scheduled::status_of(&body), Json(body))),
@@ -618,9 +663,8 @@ pub async fn publish_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    client.require(Scope::Publish)?;
-    let publishing = publishing(&state)?.clone();
-    let mut value = json_body(&headers, body, state.settings.publish.max_batch_body_bytes)?;
+    let limit = state.settings.publish.max_batch_body_bytes;
+    let (publishing, mut value) = publishing_body(&state, &client, &headers, body, limit)?;
     let items = batch_items(&mut value, state.settings.publish.max_batch_messages)?;
 
     let mut slots = Vec::with_capacity(items.len());

@@ -14,6 +14,7 @@ mod auth;
 mod database;
 mod publish;
 mod rabbitmq;
+mod request;
 mod retry;
 mod topology;
 mod workers;
@@ -23,6 +24,7 @@ pub use auth::{AuthSettings, ClientSettings, Scope};
 pub use database::{DatabaseSettings, SslMode};
 pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
+pub use request::RequestSettings;
 pub use retry::{MessageSettings, RetrySettings};
 pub use topology::TopologySettings;
 pub use workers::{IngestSettings, SchedulingSettings, StatsSettings};
@@ -70,6 +72,7 @@ pub struct Settings {
     pub message: MessageSettings,
     pub retry: RetrySettings,
     pub publish: PublishSettings,
+    pub request: RequestSettings,
     pub stats: StatsSettings,
     pub ingest: IngestSettings,
     pub scheduling: SchedulingSettings,
@@ -182,7 +185,12 @@ impl Settings {
                     .map_or("", |(_, path)| path);
                 path.into()
             });
-        figment = figment.merge(seed_env).merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // Only `SECTION__KEY` names: Kubernetes injects `MESSAGES_BROKER_PORT=tcp://...` and the
+        // like for a Service named messages-broker, which are not settings.
+        let generic = Env::prefixed(ENV_PREFIX)
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        figment = figment.merge(seed_env).merge(generic);
         let settings: Settings = figment.extract().map_err(|err| {
             let key = err.path.join(".");
             let reason = err.kind.to_string();
@@ -225,6 +233,12 @@ impl Settings {
             return Err(SettingsError::new(
                 "publish.max_batch_messages",
                 "max_batch_messages and audit_queue must be at least 1",
+            ));
+        }
+        if self.request.default_timeout.is_zero() || self.request.max_timeout < self.request.default_timeout {
+            return Err(SettingsError::new(
+                "request.max_timeout",
+                "must be at least request.default_timeout, which must be more than 0",
             ));
         }
         if self.stats.interval < Duration::from_millis(100) {
@@ -297,6 +311,15 @@ mod tests {
         let err = settings.check().unwrap_err();
         assert_eq!(err.key, "auth.clients[0].token_sha256");
         assert!(err.reason.contains("production"));
+    }
+
+    #[test]
+    fn a_request_timeout_beyond_its_maximum_is_refused() {
+        let mut settings = Settings::default();
+        settings.request.default_timeout = Duration::from_secs(60);
+        assert_eq!(settings.check().unwrap_err().key, "request.max_timeout");
+        settings.request.default_timeout = Duration::ZERO;
+        assert_eq!(settings.check().unwrap_err().key, "request.max_timeout");
     }
 
     #[test]

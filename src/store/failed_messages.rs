@@ -26,6 +26,19 @@ impl PayloadEncoding {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
+
+    /// A message body as JSON: itself when it is JSON, else a string of its text or its base64.
+    /// The one rule for every body the API shows (stored dead letters, replies to requests).
+    pub fn decode(body: &[u8]) -> (serde_json::Value, Self) {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(json) => (json, Self::Json),
+            Err(_) => match std::str::from_utf8(body) {
+                Ok(text) => (text.into(), Self::Text),
+                Err(_) => (STANDARD.encode(body).into(), Self::Base64),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, EnumIter, EnumString, IntoStaticStr)]

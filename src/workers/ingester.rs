@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::{
@@ -17,13 +16,13 @@ use lapin::{
 use sqlx::MySqlPool;
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Worker, applier::TopologyState};
 use crate::{
     amqp::{
         connection::{Link, LinkReceiver, wait_for_link},
-        headers,
+        headers, replies,
     },
     backoff::{Backoff, retry_until_ok},
     metrics::Metrics,
@@ -82,10 +81,16 @@ impl Ingester {
             return Ok(true);
         };
         let now = Utc::now();
+        // Dead-lettered requests (expired unanswered, or refused by a responder) are acked with
+        // the batch but not stored: their caller has had its 504, nobody would read a reply.
         let rows: Vec<NewFailedMessage> = batch
             .iter()
+            .filter(|d| !replies::is_request(&d.properties))
             .map(|d| dead_letter_row(d, &queue.source_queue, &self.settings, now))
             .collect();
+        if rows.len() < batch.len() {
+            debug!(queue = %queue.dlq, dropped = batch.len() - rows.len(), "Dead-lettered requests dropped.");
+        }
         let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let stored = retry_until_ok(
             backoff,
@@ -115,7 +120,7 @@ impl Ingester {
         self.metrics
             .dead_letters_ingested_total
             .with_label_values(&[queue.dlq.as_str()])
-            .inc_by(batch.len() as u64);
+            .inc_by(rows.len() as u64);
         Ok(true)
     }
 
@@ -407,16 +412,8 @@ impl Death {
 
 /// The body as stored: JSON as JSON; other bodies losslessly as a JSON string (text or base64).
 fn stored_payload(body: &[u8]) -> (String, PayloadEncoding) {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(json) => (json.to_string(), PayloadEncoding::Json),
-        Err(_) => match std::str::from_utf8(body) {
-            Ok(text) => (serde_json::Value::from(text).to_string(), PayloadEncoding::Text),
-            Err(_) => (
-                serde_json::Value::from(STANDARD.encode(body)).to_string(),
-                PayloadEncoding::Base64,
-            ),
-        },
-    }
+    let (payload, encoding) = PayloadEncoding::decode(body);
+    (payload.to_string(), encoding)
 }
 
 /// A message published without a message_id still gets a stable identity, so a redelivery of

@@ -162,14 +162,18 @@ pub async fn list(
     client.require(Scope::Read)?;
     let query = parse_query(&query_pairs(query)?, true).map_err(ApiError::validation)?;
     let (data, total) = stored(failed_messages::list(pool(&state)?, &query.filter, query.page, query.per_page).await)?;
-    let last_page = total.div_ceil(u64::from(query.per_page)).max(1);
-    Ok(Json(json!({
+    Ok(Json(page_of(json!(data), total, query.page, query.per_page)))
+}
+
+/// A paginated list's answer: `{data, page, per_page, total, last_page}`.
+pub(super) fn page_of(data: Value, total: u64, page: u32, per_page: u32) -> Value {
+    json!({
         "data": data,
-        "page": query.page,
-        "per_page": query.per_page,
+        "page": page,
+        "per_page": per_page,
         "total": total,
-        "last_page": last_page,
-    })))
+        "last_page": total.div_ceil(u64::from(per_page)).max(1),
+    })
 }
 
 #[utoipa::path(get, path = "/api/messages/failed/{id}", operation_id = "show_failed_message", tag = "failed messages", security(("bearer" = [])),

@@ -21,7 +21,7 @@ use super::{
     AppState,
     auth::{Caller, Client},
     error::{ApiError, ErrorBody, ErrorCode, stored},
-    failed::{parse_time, pool, query_pairs},
+    failed::{page_of, parse_time, pool, query_pairs},
     idempotency::Ticket,
     publish::When,
 };
@@ -169,13 +169,7 @@ pub async fn list(
     client.require(Scope::Read)?;
     let (filter, page, per_page) = parse_filter(&query_pairs(query)?).map_err(ApiError::validation)?;
     let (data, total) = stored(scheduled_messages::list(pool(&state)?, &filter, page, per_page).await)?;
-    Ok(Json(json!({
-        "data": data,
-        "page": page,
-        "per_page": per_page,
-        "total": total,
-        "last_page": total.div_ceil(u64::from(per_page)).max(1),
-    })))
+    Ok(Json(page_of(json!(data), total, page, per_page)))
 }
 
 #[utoipa::path(delete, path = "/api/messages/scheduled/{id}", operation_id = "cancel_scheduled_message", tag = "messages", security(("bearer" = [])),

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Worker, ticker::Ticker};
+use super::{Worker, ticker};
 use crate::{
     amqp::{
         headers,
@@ -148,20 +148,9 @@ impl Worker for Retrier {
     /// A scan at start, then one per `retry.scan_interval` tick; ticks that come while a scan
     /// runs are merged into one.
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut db_migrated = self.db_migrated.clone();
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            migrated = db_migrated.wait_for(|m| *m) => { migrated?; }
-        }
-        let mut ticker = Ticker::start(self.settings.retry.scan_interval).await?;
-        info!(every = ?self.settings.retry.scan_interval, "Retrier scanning for due failed messages.");
-        loop {
-            self.scan(&cancel).await;
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                tick = ticker.tick() => tick?,
-            }
-        }
+        let every = self.settings.retry.scan_interval;
+        info!(?every, "Retrier scanning for due failed messages.");
+        ticker::scan_periodically(every, self.db_migrated.clone(), &cancel, || self.scan(&cancel)).await
     }
 }
 

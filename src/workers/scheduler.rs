@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Worker, ticker::Ticker};
+use super::{Worker, ticker};
 use crate::{
     amqp::{
         headers,
@@ -143,21 +143,9 @@ impl Worker for Scheduler {
 
     /// A scan at start, then one per `scheduling.scan_interval`.
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut db_migrated = self.db_migrated.clone();
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            migrated = db_migrated.wait_for(|m| *m) => { migrated?; }
-        }
         let every = self.settings.scheduling.scan_interval;
-        let mut ticker = Ticker::start(every).await?;
         info!(?every, "Scheduler releasing delayed messages.");
-        loop {
-            self.scan(&cancel).await;
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                tick = ticker.tick() => tick?,
-            }
-        }
+        ticker::scan_periodically(every, self.db_migrated.clone(), &cancel, || self.scan(&cancel)).await
     }
 }
 

@@ -68,3 +68,29 @@ impl Drop for Ticker {
         }
     }
 }
+
+/// The loop of a periodic role: once the database is migrated, `scan` at once and then on every
+/// tick of `every`, until `cancel` fires.
+pub async fn scan_periodically<F, Fut>(
+    every: Duration,
+    mut db_migrated: tokio::sync::watch::Receiver<bool>,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut scan: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        migrated = db_migrated.wait_for(|m| *m) => { migrated?; }
+    }
+    let mut ticker = Ticker::start(every).await?;
+    loop {
+        scan().await;
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            tick = ticker.tick() => tick?,
+        }
+    }
+}

@@ -18,6 +18,7 @@ use crate::{
     workers::{
         applier::{Applier, Mode, TopologyState},
         ingester::Ingester,
+        retention::Retention,
         retrier::Retrier,
         scheduler::Scheduler,
         stats::Stats,
@@ -74,6 +75,7 @@ impl App {
         }
         if shared.runs(Role::Retrier) {
             shared.spawn_role(Retrier::new(&shared));
+            shared.spawn_role(Retention::new(&shared));
         }
         if shared.runs(Role::Scheduler) {
             shared.spawn_role(Scheduler::new(&shared));

@@ -83,6 +83,8 @@ metrics! {
     dead_letters_ingested_total: IntCounterVec["queue"],
     /// Retries of failed messages, by outcome.
     retries_total: IntCounterVec["outcome"],
+    /// Rows deleted by retention, by table (message_logs, failed_messages).
+    retention_deleted_total: IntCounterVec["table"],
     /// Delayed messages waiting for their time (the scheduler role's last count).
     scheduled_messages: IntGauge,
     /// How late the most overdue delayed message is, seconds (0 when none is due).

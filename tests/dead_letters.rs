@@ -81,6 +81,15 @@ async fn a_rejected_message_becomes_a_row_and_a_manual_retry_resolves_it() {
         .await
         .unwrap();
     let message_id = published["message_id"].as_str().unwrap();
+    let audit_status = || async {
+        sqlx::query_scalar::<_, String>("SELECT CAST(status AS CHAR) FROM message_logs WHERE message_id = ?")
+            .bind(message_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    // The audit writer is asynchronous: the row is there before the consumer fails the message.
+    assert!(eventually(Duration::from_secs(5), || async { audit_status().await.is_some() }).await);
     assert_eq!(reject_all(&env.settings, &env.name("orders_queue")).await, 1);
 
     assert!(
@@ -107,6 +116,11 @@ async fn a_rejected_message_becomes_a_row_and_a_manual_retry_resolves_it() {
         "first retry in about a minute"
     );
     assert_eq!(row.death_history.as_ref().unwrap()[0]["reason"], "rejected");
+    assert_eq!(
+        audit_status().await.as_deref(),
+        Some("failed"),
+        "the audit trail says it died"
+    );
 
     // GET one, with headers and death history.
     let shown: Value = app
@@ -131,6 +145,11 @@ async fn a_rejected_message_becomes_a_row_and_a_manual_retry_resolves_it() {
     assert_eq!(retried["status"], "resolved");
     assert_eq!(retried["retry_count"], 1);
     assert!(retried["resolved_at"].is_string() && retried["last_retry_at"].is_string());
+    assert_eq!(
+        audit_status().await.as_deref(),
+        Some("published"),
+        "and that it is out again"
+    );
     let back = drain(&env.settings, &env.name("orders_queue")).await;
     assert_eq!(back.len(), 1);
     assert_eq!(

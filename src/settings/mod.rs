@@ -15,6 +15,7 @@ mod database;
 mod publish;
 mod rabbitmq;
 mod request;
+mod retention;
 mod retry;
 mod topology;
 mod workers;
@@ -25,6 +26,7 @@ pub use database::{DatabaseSettings, SslMode};
 pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
 pub use request::RequestSettings;
+pub use retention::RetentionSettings;
 pub use retry::{MessageSettings, RetrySettings};
 pub use topology::TopologySettings;
 pub use workers::{IngestSettings, SchedulingSettings, StatsSettings};
@@ -76,6 +78,7 @@ pub struct Settings {
     pub stats: StatsSettings,
     pub ingest: IngestSettings,
     pub scheduling: SchedulingSettings,
+    pub retention: RetentionSettings,
     pub auth: AuthSettings,
     pub topology: TopologySettings,
 }
@@ -202,6 +205,9 @@ impl Settings {
 
     /// Rules serde cannot express.
     pub fn check(&self) -> Result<(), SettingsError> {
+        if self.retention.interval.is_zero() {
+            return Err(SettingsError::new("retention.interval", "must be more than 0"));
+        }
         if self.scheduling.scan_interval.is_zero() || self.scheduling.max_delay.is_zero() {
             return Err(SettingsError::new(
                 "scheduling.scan_interval",

@@ -483,6 +483,19 @@ pub async fn make_due(pool: &MySqlPool, filter: &Filter) -> Result<u64, StoreErr
     Ok(result.rows_affected())
 }
 
+/// Deletes up to `limit` rows resolved before `before`. Only `resolved` ones: a `failed` row waits
+/// for a person, whatever its age.
+pub async fn delete_resolved_before(pool: &MySqlPool, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+    let result = sqlx::query(
+        "DELETE FROM failed_messages WHERE status = 'resolved' AND resolved_at < ? ORDER BY resolved_at LIMIT ?",
+    )
+    .bind(before.naive_utc())
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

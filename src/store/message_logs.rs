@@ -39,3 +39,30 @@ pub async fn insert_batch(pool: &MySqlPool, rows: &[NewMessageLog]) -> Result<u6
     let result = query.build().execute(pool).await?;
     Ok(result.rows_affected())
 }
+
+/// Deletes up to `limit` rows published before `before`; small batches keep locks short.
+pub async fn delete_older_than(pool: &MySqlPool, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+    let result = sqlx::query("DELETE FROM message_logs WHERE published_at < ? ORDER BY published_at LIMIT ?")
+        .bind(before.naive_utc())
+        .bind(limit)
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Sets the audit status of the logged messages among `message_ids` (`failed` when their dead
+/// letter is stored, `published` again once a retry is confirmed); ids never logged are ignored.
+pub async fn set_status(pool: &MySqlPool, message_ids: &[&str], status: &'static str) -> Result<u64, StoreError> {
+    if message_ids.is_empty() {
+        return Ok(0);
+    }
+    let mut query = QueryBuilder::new("UPDATE message_logs SET status = ");
+    query.push_bind(status).push(" WHERE message_id IN (");
+    let mut ids = query.separated(", ");
+    for id in message_ids {
+        ids.push_bind(*id);
+    }
+    query.push(")");
+    let result = query.build().execute(pool).await?;
+    Ok(result.rows_affected())
+}

@@ -29,7 +29,10 @@ use crate::{
     retry::{self, RETRY_COUNT_HEADER},
     settings::Settings,
     shared::Shared,
-    store::failed_messages::{self, NewFailedMessage, PayloadEncoding, Status},
+    store::{
+        failed_messages::{self, NewFailedMessage, PayloadEncoding, Status},
+        message_logs,
+    },
     topology::{QueueRole, Topology},
 };
 
@@ -105,6 +108,12 @@ impl Ingester {
                 info!(queue = %queue.dlq, rows = rows.len(), "Database back: held dead letters stored.");
             }
             Some(_) => {}
+        }
+        // The audit trail follows: logged messages that died are `failed` there (best effort: the
+        // rows above are what counts, and a dead letter that beats its audit row stays `published`).
+        let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+        if let Err(err) = message_logs::set_status(&self.pool, &ids, "failed").await {
+            warn!(queue = %queue.dlq, error = %err, "Cannot mark dead letters failed in the audit trail.");
         }
         // One ack for the whole batch: tags on this channel only grow, and all are stored.
         channel

@@ -25,6 +25,7 @@ use crate::{
     store::{
         StoreError,
         failed_messages::{self, ClaimRefusal, Claimed, FailedMessage, PayloadEncoding},
+        message_logs,
     },
 };
 
@@ -95,9 +96,11 @@ impl Retrier {
         let messages = claimed.iter().map(|row| Arc::new(republished(row))).collect();
         let outcomes = self.publisher.publish_many(messages).await;
         let schedule = retry::schedule(&self.settings);
+        let mut republished_ids = Vec::new();
         for (row, outcome) in claimed.iter().zip(outcomes) {
             if outcome == PublishOutcome::Confirmed {
                 failed_messages::mark_resolved(&self.pool, row).await?;
+                republished_ids.push(row.message_id.as_str());
                 self.metrics.retries_total.with_label_values(&["resolved"]).inc();
                 report.resolved += 1;
             } else {
@@ -111,6 +114,10 @@ impl Retrier {
                 warn!(id = row.id, message_id = %row.message_id, ?outcome, retry_in = ?delay, "Retry not confirmed by the broker; will try again.");
                 report.released += 1;
             }
+        }
+        // The audit trail follows (best effort): a message out again is `published` again.
+        if let Err(err) = message_logs::set_status(&self.pool, &republished_ids, "published").await {
+            warn!(error = %err, "Cannot mark retried messages published in the audit trail.");
         }
         Ok(report)
     }

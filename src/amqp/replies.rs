@@ -48,8 +48,35 @@ pub fn is_request(properties: &BasicProperties) -> bool {
 /// A reply as the responder sent it.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    pub properties: BasicProperties,
+    pub correlation_id: Option<String>,
+    pub content_type: Option<String>,
+    /// The reply's application headers, as JSON.
+    pub headers: serde_json::Value,
+    /// The responder's error header ([`ERROR_HEADER`]), when it set one.
+    pub error: Option<String>,
     pub data: Vec<u8>,
+}
+
+impl Reply {
+    /// A consumed reply as plain data: callers need no AMQP types.
+    pub fn new(properties: &BasicProperties, data: Vec<u8>) -> Self {
+        let text = |value: &Option<lapin::types::ShortString>| value.as_ref().map(|s| s.to_string());
+        let table = properties.headers().as_ref();
+        let error = table
+            .and_then(|headers| headers.inner().get(ERROR_HEADER))
+            .map(super::headers::to_json)
+            .map(|error| error.as_str().map_or_else(|| error.to_string(), str::to_owned));
+        Self {
+            correlation_id: text(properties.correlation_id()),
+            content_type: text(properties.content_type()),
+            headers: table.map_or_else(
+                || serde_json::Value::Object(Default::default()),
+                super::headers::table_to_json,
+            ),
+            error,
+            data,
+        }
+    }
 }
 
 /// What became of one request.
@@ -251,7 +278,7 @@ async fn route_replies(
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     let correlation_id = delivery.properties.correlation_id().as_ref().map(|id| id.to_string());
-                    let reply = Reply { properties: delivery.properties, data: delivery.data };
+                    let reply = Reply::new(&delivery.properties, delivery.data);
                     let delivered = correlation_id.is_some_and(|id| session.deliver(&id, reply));
                     if !delivered {
                         metrics.late_replies_total.inc();

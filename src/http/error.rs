@@ -22,7 +22,7 @@ use crate::{
     amqp::{
         calls::CallError,
         publisher::PublishOutcome,
-        replies::{ERROR_HEADER, Reply, RequestOutcome},
+        replies::{Reply, RequestOutcome},
     },
     store::{StoreError, failed_messages::ClaimRefusal},
 };
@@ -299,23 +299,13 @@ impl ApiError {
         timeout: std::time::Duration,
     ) -> Result<Reply, Self> {
         match outcome {
-            RequestOutcome::Replied(reply) => {
-                let error = reply
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|headers| headers.inner().get(ERROR_HEADER).map(crate::amqp::headers::to_json));
-                match error {
-                    None => Ok(*reply),
-                    Some(error) => {
-                        let reason = error.as_str().map_or_else(|| error.to_string(), str::to_owned);
-                        Err(Self::new(
-                            ErrorCode::ReplyError,
-                            format!("The responder answered with an error: {reason}"),
-                        ))
-                    }
-                }
-            }
+            RequestOutcome::Replied(reply) => match &reply.error {
+                None => Ok(*reply),
+                Some(reason) => Err(Self::new(
+                    ErrorCode::ReplyError,
+                    format!("The responder answered with an error: {reason}"),
+                )),
+            },
             RequestOutcome::TimedOut => Err(Self::new(
                 ErrorCode::ReplyTimeout,
                 format!(

@@ -19,11 +19,7 @@ use super::{
     error::{ApiError, ErrorBody},
     publish::{PublishErrors, check_rate_limit, check_target, outgoing, parse_input, publishing_body},
 };
-use crate::{
-    amqp::{headers, replies::Reply},
-    settings::RequestSettings,
-    store::failed_messages::PayloadEncoding,
-};
+use crate::{amqp::replies::Reply, settings::RequestSettings, store::failed_messages::PayloadEncoding};
 
 #[utoipa::path(post, path = "/api/messages/request", operation_id = "request_reply", tag = "messages", security(("bearer" = [])),
     request_body(content = Object, description = "A publish body plus \"timeout\"?: a duration (\"5s\", \"1500ms\") or milliseconds; default request.default_timeout, at most request.max_timeout"),
@@ -123,24 +119,18 @@ fn refused_fields(body: &Value) -> BTreeMap<String, String> {
 /// The 200 answer: the reply's body by the same rule as failed payloads, and its headers.
 fn reply_body(message_id: &str, reply: Reply) -> Value {
     let (payload, encoding) = PayloadEncoding::decode(&reply.data);
-    let properties = &reply.properties;
-    let text = |value: &Option<lapin::types::ShortString>| value.as_ref().map(|s| Value::from(s.as_str()));
     let mut body = Map::new();
     body.insert("message_id".into(), message_id.into());
     body.insert(
         "correlation_id".into(),
-        text(properties.correlation_id()).unwrap_or(Value::Null),
+        reply.correlation_id.map_or(Value::Null, Value::from),
     );
     body.insert("payload".into(), payload);
     body.insert("payload_encoding".into(), encoding.as_str().into());
-    let reply_headers = properties
-        .headers()
-        .as_ref()
-        .map_or_else(|| Value::Object(Map::new()), headers::table_to_json);
-    body.insert("headers".into(), reply_headers);
+    body.insert("headers".into(), reply.headers);
     body.insert(
         "content_type".into(),
-        text(properties.content_type()).unwrap_or(Value::Null),
+        reply.content_type.map_or(Value::Null, Value::from),
     );
     Value::Object(body)
 }
@@ -183,7 +173,10 @@ mod tests {
     #[test]
     fn a_reply_body_is_json_text_or_base64() {
         let reply = |data: &[u8]| Reply {
-            properties: lapin::BasicProperties::default().with_correlation_id("c1".into()),
+            correlation_id: Some("c1".into()),
+            content_type: None,
+            headers: json!({}),
+            error: None,
             data: data.to_vec(),
         };
         let body = reply_body("m1", reply(br#"{"ok":true}"#));

@@ -205,6 +205,46 @@ impl Settings {
 
     /// Rules serde cannot express.
     pub fn check(&self) -> Result<(), SettingsError> {
+        self.check_pace()?;
+        if self.app.max_body_bytes < 1024 {
+            return Err(SettingsError::new("app.max_body_bytes", "must be at least 1024"));
+        }
+        // A zero timeout would cut every connection at once: refused rather than read as "none".
+        for (key, value) in [
+            ("app.header_read_timeout", self.app.header_read_timeout),
+            ("app.idle_timeout", self.app.idle_timeout),
+            ("app.body_read_timeout", self.app.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(SettingsError::new(key, "must be more than 0"));
+            }
+        }
+        if self.app.max_connections == 0 {
+            return Err(SettingsError::new("app.max_connections", "must be at least 1"));
+        }
+        for (i, client) in self.auth.clients.iter().enumerate() {
+            let key = format!("auth.clients[{i}].token_sha256");
+            if self.app.env == "production" && client.token_sha256.eq_ignore_ascii_case(DEV_TOKEN_SHA256) {
+                return Err(SettingsError::new(
+                    key,
+                    "the development token of config/local.toml is refused when APP_ENV=production",
+                ));
+            }
+            if client.token_sha256.len() != 64 || hex::decode(&client.token_sha256).is_err() {
+                return Err(SettingsError::new(key, "must be 64 hex digits (sha-256 of the token)"));
+            }
+            if client.name.trim().is_empty() {
+                return Err(SettingsError::new(
+                    format!("auth.clients[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The intervals, timeouts and sizes of the workers and the publish path.
+    fn check_pace(&self) -> Result<(), SettingsError> {
         if self.retention.interval.is_zero() {
             return Err(SettingsError::new("retention.interval", "must be more than 0"));
         }
@@ -252,40 +292,6 @@ impl Settings {
         }
         if self.ingest.prefetch == 0 {
             return Err(SettingsError::new("ingest.prefetch", "must be at least 1"));
-        }
-        if self.app.max_body_bytes < 1024 {
-            return Err(SettingsError::new("app.max_body_bytes", "must be at least 1024"));
-        }
-        // A zero timeout would cut every connection at once: refused rather than read as "none".
-        for (key, value) in [
-            ("app.header_read_timeout", self.app.header_read_timeout),
-            ("app.idle_timeout", self.app.idle_timeout),
-            ("app.body_read_timeout", self.app.body_read_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(SettingsError::new(key, "must be more than 0"));
-            }
-        }
-        if self.app.max_connections == 0 {
-            return Err(SettingsError::new("app.max_connections", "must be at least 1"));
-        }
-        for (i, client) in self.auth.clients.iter().enumerate() {
-            let key = format!("auth.clients[{i}].token_sha256");
-            if self.app.env == "production" && client.token_sha256.eq_ignore_ascii_case(DEV_TOKEN_SHA256) {
-                return Err(SettingsError::new(
-                    key,
-                    "the development token of config/local.toml is refused when APP_ENV=production",
-                ));
-            }
-            if client.token_sha256.len() != 64 || hex::decode(&client.token_sha256).is_err() {
-                return Err(SettingsError::new(key, "must be 64 hex digits (sha-256 of the token)"));
-            }
-            if client.name.trim().is_empty() {
-                return Err(SettingsError::new(
-                    format!("auth.clients[{i}].name"),
-                    "must not be empty",
-                ));
-            }
         }
         Ok(())
     }

@@ -22,6 +22,19 @@ pub enum Ticker {
 
 impl Ticker {
     pub async fn start(interval: Duration) -> anyhow::Result<Self> {
+        let (tx, ticks) = mpsc::channel(1);
+        Self::start_with(interval, ticks, move || {
+            let _ = tx.try_send(());
+        })
+        .await
+    }
+
+    /// [`Self::start`] with the scheduler's job given: it sends to `ticks`' sender (a test counts).
+    async fn start_with(
+        interval: Duration,
+        ticks: mpsc::Receiver<()>,
+        on_tick: impl Fn() + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
         if interval.subsec_nanos() != 0 || interval.is_zero() {
             let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -29,12 +42,10 @@ impl Ticker {
             ticker.tick().await;
             return Ok(Self::Interval(ticker));
         }
-        let (tx, ticks) = mpsc::channel(1);
+        let on_tick = std::sync::Arc::new(on_tick);
         let job = Job::new_repeated_async(interval, move |_, _| {
-            let tx = tx.clone();
-            Box::pin(async move {
-                let _ = tx.try_send(());
-            })
+            let on_tick = on_tick.clone();
+            Box::pin(async move { on_tick() })
         })
         .context("Failed to schedule the job")?;
         let scheduler = JobScheduler::new().await.context("Failed to create the scheduler")?;
@@ -92,5 +103,45 @@ where
             _ = cancel.cancelled() => return Ok(()),
             tick = ticker.tick() => tick?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    /// The retrier once kept its own scheduler, whose job went on firing after the role panicked;
+    /// every periodic role now has a `Ticker`, whose job stops however the role ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_job_of_a_role_that_panicked_stops_firing() {
+        let fired = Arc::new(AtomicUsize::new(0));
+        let counter = fired.clone();
+        let role = tokio::spawn(async move {
+            let (_tx, ticks) = mpsc::channel(1);
+            let on_tick = move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            };
+            let _ticker = Ticker::start_with(Duration::from_secs(1), ticks, on_tick)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            panic!("the role fails");
+        });
+        assert!(role.await.unwrap_err().is_panic());
+        assert!(fired.load(Ordering::SeqCst) >= 1, "the job fired while its role ran");
+        // The drop asks the scheduler to stop from a spawned task: give it a moment.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after_the_role = fired.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            fired.load(Ordering::SeqCst),
+            after_the_role,
+            "the job outlived its role"
+        );
     }
 }

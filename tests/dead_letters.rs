@@ -8,14 +8,12 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use common::*;
-use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use messages_broker::{
     amqp::{
         connection::{self, Link},
         publisher::Publisher,
     },
     metrics::Metrics,
-    settings::Settings,
     store::{
         self,
         failed_messages::{self, NewFailedMessage, PayloadEncoding, Status},
@@ -24,28 +22,6 @@ use messages_broker::{
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-
-/// Plays a failing consumer: rejects (no requeue) every message of `queue`; returns how many.
-async fn reject_all(settings: &Settings, queue: &str) -> usize {
-    let conn = connection::connect(&settings.rabbitmq, "test rejecter").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let mut rejected = 0;
-    while let Some(message) = channel
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-    {
-        message
-            .delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await
-            .unwrap();
-        rejected += 1;
-    }
-    let _ = conn.close(200, "done".into()).await;
-    rejected
-}
 
 async fn row_count(pool: &sqlx::MySqlPool) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM failed_messages")

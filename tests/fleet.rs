@@ -7,10 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, TestEnv, drain, eventually, process::Process, publish_body};
-use lapin::options::{BasicGetOptions, BasicRejectOptions};
+use common::{ADMIN_TOKEN, TestEnv, drain, eventually, process::Process, publish_body, reject_all};
 use messages_broker::{
-    amqp::{connection, management::ManagementClient},
+    amqp::management::ManagementClient,
     store::{self, idempotency_keys},
 };
 
@@ -49,25 +48,6 @@ async fn assert_probes(process: &mut Process, serves_api: bool) {
     }
 }
 
-/// Plays a failing consumer: rejects (no requeue) every message of `queue`; returns how many.
-async fn reject_all(env: &TestEnv, queue: &str) -> usize {
-    let conn = connection::connect(&env.settings.rabbitmq, "test rejecter")
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let mut rejected = 0;
-    while let Some(message) = channel
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-    {
-        message.reject(BasicRejectOptions { requeue: false }).await.unwrap();
-        rejected += 1;
-    }
-    let _ = conn.close(200, "done".into()).await;
-    rejected
-}
-
 async fn statuses(pool: &sqlx::MySqlPool) -> Vec<String> {
     sqlx::query_scalar("SELECT CAST(status AS CHAR) FROM failed_messages ORDER BY id")
         .fetch_all(pool)
@@ -88,7 +68,7 @@ async fn dead_letter_round_trip(env: &TestEnv, api: &Process, workers: &[&Proces
         )
         .await;
     assert_eq!(published.status(), 201, "{}", api.logs());
-    assert_eq!(reject_all(env, &queue).await, 1);
+    assert_eq!(reject_all(&env.settings, &queue).await, 1);
 
     let pool = store::pool(&env.settings.database);
     let logs = || workers.iter().map(|p| p.logs()).collect::<Vec<_>>().join("\n");

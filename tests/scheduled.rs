@@ -63,12 +63,9 @@ async fn a_delayed_message_waits_survives_a_restart_and_goes_out_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(drain(&env.settings, &queue).await.is_empty(), "sent once");
     let listed: Value = app
-        .http
-        .get(app.url("/api/messages/scheduled?status=sent"))
-        .bearer_auth(READER_TOKEN)
-        .send()
+        .as_reader()
+        .get("/api/messages/scheduled?status=sent")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -101,12 +98,9 @@ async fn cancel_before_release_and_409_after() {
         .await
         .unwrap();
     let listed: Value = app
-        .http
-        .get(app.url("/api/messages/scheduled?status=scheduled"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+        .as_admin()
+        .get("/api/messages/scheduled?status=scheduled")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -122,21 +116,17 @@ async fn cancel_before_release_and_409_after() {
             .unwrap()
     };
     let (later_id, soon_id) = (id_of(&later["message_id"]), id_of(&soon["message_id"]));
-    let cancel = |id: u64| {
-        app.http
-            .delete(app.url(&format!("/api/messages/scheduled/{id}")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-    };
-    let cancelled = cancel(later_id).await.unwrap();
+    let admin = app.as_admin();
+    let cancel = |id: u64| async move { admin.delete(&format!("/api/messages/scheduled/{id}")).await };
+    let cancelled = cancel(later_id).await;
     assert_eq!(cancelled.status(), 200);
     assert_eq!(cancelled.json::<Value>().await.unwrap()["status"], "cancelled");
     let queue = env.name("orders_queue");
     let got = collect(&env, &queue, 1, Duration::from_secs(10)).await;
-    let refused = cancel(soon_id).await.unwrap();
+    let refused = cancel(soon_id).await;
     assert_eq!(refused.status(), 409);
     assert_eq!(refused.json::<Value>().await.unwrap()["error"], "not_scheduled");
-    assert_eq!(cancel(999_999).await.unwrap().status(), 404);
+    assert_eq!(cancel(999_999).await.status(), 404);
     assert_eq!(got.len(), 1, "only the message not cancelled went out");
     app.stop().await;
 }

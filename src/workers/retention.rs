@@ -55,26 +55,44 @@ impl Retention {
         let now = Utc::now();
         let age = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
         let (logs_before, failed_before) = (age(self.settings.message_logs), age(self.settings.resolved_failed));
-        let mut report = RetentionReport::default();
+        let pool = &self.pool;
+        Ok(RetentionReport {
+            message_logs: self
+                .in_batches("message_logs", cancel, || {
+                    message_logs::delete_older_than(pool, logs_before, BATCH)
+                })
+                .await?,
+            resolved_failed: self
+                .in_batches("failed_messages", cancel, || {
+                    failed_messages::delete_resolved_before(pool, failed_before, BATCH)
+                })
+                .await?,
+        })
+    }
+
+    /// Runs `delete` (at most [`BATCH`] rows) until a statement deletes fewer, counting each
+    /// batch under `table`; returns the total.
+    async fn in_batches<F, Fut>(
+        &self,
+        table: &str,
+        cancel: &CancellationToken,
+        mut delete: F,
+    ) -> Result<u64, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<u64, StoreError>>,
+    {
+        let mut total = 0;
         while !cancel.is_cancelled() {
-            let n = message_logs::delete_older_than(&self.pool, logs_before, BATCH).await?;
-            report.message_logs += n;
-            self.count("message_logs", n);
+            let n = delete().await?;
+            total += n;
+            self.count(table, n);
             if n < u64::from(BATCH) {
                 break;
             }
             tokio::time::sleep(BREATH).await;
         }
-        while !cancel.is_cancelled() {
-            let n = failed_messages::delete_resolved_before(&self.pool, failed_before, BATCH).await?;
-            report.resolved_failed += n;
-            self.count("failed_messages", n);
-            if n < u64::from(BATCH) {
-                break;
-            }
-            tokio::time::sleep(BREATH).await;
-        }
-        Ok(report)
+        Ok(total)
     }
 
     fn count(&self, table: &str, n: u64) {

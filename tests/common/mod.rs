@@ -492,3 +492,23 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Plays a failing consumer: rejects (no requeue) every message of `queue`; returns how many.
+pub async fn reject_all(settings: &Settings, queue: &str) -> usize {
+    use lapin::options::{BasicGetOptions, BasicRejectOptions};
+    let conn = messages_broker::amqp::connection::connect(&settings.rabbitmq, "test rejecter")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut rejected = 0;
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        message.reject(BasicRejectOptions { requeue: false }).await.unwrap();
+        rejected += 1;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    rejected
+}

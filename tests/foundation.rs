@@ -422,3 +422,13 @@ async fn a_failed_test_leaves_no_database_or_queue_behind() {
             .unwrap();
     assert_eq!(left, None, "the test database is still there");
 }
+
+/// config/default.toml lists every key with its built-in default: a process started without
+/// `--roles` runs every role, the newest included.
+#[test]
+fn the_default_config_file_runs_every_role() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).unwrap();
+    let file: toml::Table = text.parse().unwrap();
+    let roles = file["app"]["roles"].as_str().unwrap();
+    assert_eq!(roles, messages_broker::roles::Roles::all().to_string());
+}

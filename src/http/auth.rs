@@ -42,6 +42,11 @@ impl Client {
         }
     }
 
+    /// A tag of the token's hash, kept in console sessions: a new token ends the old sessions.
+    pub fn token_tag(&self) -> String {
+        hex::encode(&self.hash[..8])
+    }
+
     pub fn may_publish_to(&self, exchange: &str) -> bool {
         self.exchanges
             .as_ref()
@@ -70,6 +75,11 @@ impl Clients {
                 })
                 .collect(),
         )
+    }
+
+    /// The client of a console session: same name, same token tag.
+    pub fn by_session(&self, name: &str, tag: &str) -> Option<Arc<Client>> {
+        self.0.iter().find(|c| c.name == name && c.token_tag() == tag).cloned()
     }
 
     /// The client owning `token`. Every hash is compared, so timing says nothing about which.

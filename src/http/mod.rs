@@ -65,6 +65,8 @@ pub struct AppContext {
     pub stats: crate::workers::stats::SnapshotReceiver,
     /// For the readiness check of processes without the stats role (the others read the snapshot).
     pub management: ManagementClient,
+    /// Signs and checks the console's session and flash cookies.
+    pub sessions: crate::console::session::Sessions,
 }
 
 impl AppContext {
@@ -92,6 +94,7 @@ impl AppContext {
             retrier: api.then(|| Arc::new(Retrier::new(shared))),
             stats: shared.stats.subscribe(),
             management: shared.management.clone(),
+            sessions: crate::console::session::Sessions::from_settings(&shared.settings.console),
         }
     }
 }
@@ -129,7 +132,7 @@ pub fn router(state: AppState) -> Router {
     // Without the `api` role there are no authenticated routes, and axum refuses (panics on) a
     // route_layer over no routes: those paths fall through to the JSON 404.
     if state.settings.app.roles.contains(Role::Api) {
-        router = router.merge(api_routes(&state));
+        router = router.merge(api_routes(&state)).merge(crate::console::routes(&state));
     }
     router
         .fallback(error::not_found)

@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod app;
 mod auth;
+mod console;
 mod database;
 mod publish;
 mod rabbitmq;
@@ -22,6 +23,7 @@ mod workers;
 
 pub use app::{AppSettings, LogFormat};
 pub use auth::{AuthSettings, ClientSettings, Scope};
+pub use console::ConsoleSettings;
 pub use database::{DatabaseSettings, SslMode};
 pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
@@ -80,6 +82,7 @@ pub struct Settings {
     pub scheduling: SchedulingSettings,
     pub retention: RetentionSettings,
     pub auth: AuthSettings,
+    pub console: ConsoleSettings,
     pub topology: TopologySettings,
 }
 
@@ -218,6 +221,16 @@ impl Settings {
             if value.is_zero() {
                 return Err(SettingsError::new(key, "must be more than 0"));
             }
+        }
+        let key_len = self.console.session_key.expose().len();
+        if key_len > 0 && key_len < 32 {
+            return Err(SettingsError::new(
+                "console.session_key",
+                "must be at least 32 characters (e.g. `openssl rand -hex 32`), or empty for a random key per process",
+            ));
+        }
+        if self.console.session_ttl < Duration::from_secs(60) {
+            return Err(SettingsError::new("console.session_ttl", "must be at least 1m"));
         }
         if self.app.max_connections == 0 {
             return Err(SettingsError::new("app.max_connections", "must be at least 1"));

@@ -483,6 +483,15 @@ pub async fn make_due(pool: &MySqlPool, filter: &Filter) -> Result<u64, StoreErr
     Ok(result.rows_affected())
 }
 
+/// How many rows a bulk retry with `filter` would make due.
+pub async fn count_retryable(pool: &MySqlPool, filter: &Filter) -> Result<u64, StoreError> {
+    let mut query = QueryBuilder::<MySql>::new("SELECT COUNT(*) FROM failed_messages");
+    push_filter(&mut query, filter);
+    query.push(" AND status IN ('pending', 'failed')");
+    let count: i64 = query.build_query_scalar().fetch_one(pool).await?;
+    Ok(count.max(0) as u64)
+}
+
 /// Deletes up to `limit` rows resolved before `before`. Only `resolved` ones: a `failed` row waits
 /// for a person, whatever its age.
 pub async fn delete_resolved_before(pool: &MySqlPool, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

@@ -1,0 +1,198 @@
+//! `/console/messages/{id}`: one failed message: what failed, the payload and headers as text,
+//! its deaths and retries; retry, delete (scope `operate`).
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{Html, IntoResponse, Response},
+};
+use maud::{Markup, html};
+use serde_json::Value;
+use tracing::info;
+
+use super::{
+    api_error_page,
+    layout::{error_page, page, time},
+    see_other,
+    session::{Flash, Operator},
+};
+use crate::{
+    http::{
+        AppState,
+        error::{ApiError, stored},
+    },
+    settings::Scope,
+    store::failed_messages::{self, FailedMessage, Status},
+};
+
+/// Payloads longer than this many lines are folded behind a `<details>`.
+const FOLD_LINES: usize = 200;
+
+fn parse_id(raw: &str) -> Option<u64> {
+    raw.parse::<u64>().ok().filter(|id| *id > 0)
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Operator(client): Operator,
+    Flash(flash): Flash,
+    Path(raw): Path<String>,
+) -> Response {
+    let Some(id) = parse_id(&raw) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&client),
+            &format!("No failed message `{raw}`."),
+        );
+    };
+    let row = match load(&state, id).await {
+        Ok(row) => row,
+        Err(err) => return api_error_page(&client, err),
+    };
+    let can_act = client.has_scope(Scope::Operate);
+    let body = html! {
+        h1 { (event_of(&row).unwrap_or("Failed message")) " " small { "#" (row.id) } }
+        p.meta {
+            (row.exchange) " → " (row.routing_key) " · queue "
+            a href={ "/console/queues/" (row.queue) } { (row.queue) }
+            " · status " strong.status { (row.status.as_str()) }
+            " (" (row.retry_count) " of " (row.max_retries) " retries)"
+        }
+        p { "Failed " (time(row.failed_at)) ": " span.error { (row.error_message.as_deref().unwrap_or("no reason recorded")) } }
+        dl.facts {
+            dt { "message_id" } dd { code { (row.message_id) } }
+            @if let Some(at) = row.last_retry_at { dt { "Last retry" } dd { (time(at)) } }
+            @if let Some(at) = row.next_retry_at { dt { "Next retry" } dd { (time(at)) } }
+            @if let Some(at) = row.resolved_at { dt { "Resolved" } dd { (time(at)) } }
+        }
+        @if can_act && row.status != Status::Resolved && row.status != Status::Retrying {
+            div.actions {
+                form.inline method="post" action={ "/console/messages/" (row.id) "/retry" } {
+                    button type="submit" { "Retry now" }
+                }
+                form.inline method="post" action={ "/console/messages/" (row.id) "/delete" } {
+                    button.danger type="submit" { "Delete" }
+                }
+            }
+        }
+        div.columns {
+            section aria-labelledby="payload" {
+                h2 #payload { "Payload" }
+                (folded(&pretty(&row.payload)))
+            }
+            section aria-labelledby="headers" {
+                h2 #headers { "Headers" }
+                (headers(row.headers.as_ref()))
+            }
+            section aria-labelledby="deaths" {
+                h2 #deaths { "Deaths" }
+                @match &row.death_history {
+                    Some(history) => pre { (pretty(history)) },
+                    None => p { "None recorded." },
+                }
+            }
+        }
+    };
+    Html(page(&format!("Message {}", row.id), Some(&client), flash.as_deref(), body).into_string()).into_response()
+}
+
+async fn load(state: &AppState, id: u64) -> Result<FailedMessage, ApiError> {
+    stored(failed_messages::find(super::pool(state)?, id).await)?
+        .ok_or_else(|| ApiError::not_found(format!("No failed message {id}.")))
+}
+
+fn event_of(row: &FailedMessage) -> Option<&str> {
+    row.payload.get("event").and_then(Value::as_str)
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// A `<pre>`, folded after [`FOLD_LINES`] lines.
+fn folded(text: &str) -> Markup {
+    let lines = text.lines().count();
+    if lines <= FOLD_LINES {
+        return html! { pre { (text) } };
+    }
+    let head: String = text.lines().take(FOLD_LINES).collect::<Vec<_>>().join("\n");
+    html! {
+        pre { (head) }
+        details { summary { "Show all " (lines) " lines" } pre { (text) } }
+    }
+}
+
+fn headers(headers: Option<&Value>) -> Markup {
+    match headers.and_then(Value::as_object).filter(|h| !h.is_empty()) {
+        None => html! { p { "None." } },
+        Some(map) => html! {
+            table.compact {
+                thead { tr { th scope="col" { "Header" } th scope="col" { "Value" } } }
+                tbody { @for (name, value) in map {
+                    tr { th scope="row" { (name) } td { code { (match value { Value::String(s) => s.clone(), other => other.to_string() }) } } }
+                } }
+            }
+        },
+    }
+}
+
+pub async fn retry(State(state): State<AppState>, Operator(client): Operator, Path(raw): Path<String>) -> Response {
+    let Some(id) = parse_id(&raw) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&client),
+            &format!("No failed message `{raw}`."),
+        );
+    };
+    if let Err(err) = client.require(Scope::Operate) {
+        return api_error_page(&client, err);
+    }
+    let Some(retrier) = state.retrier.as_ref() else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&client),
+            "This process cannot republish.",
+        );
+    };
+    let flash = match stored(retrier.retry_now(id).await) {
+        Ok(Ok((_, true))) => {
+            info!(client = %client.name, id, "Failed message retried from the console.");
+            format!("Message {id} republished and confirmed: resolved.")
+        }
+        Ok(Ok((_, false))) => {
+            format!("RabbitMQ did not confirm the republish of {id}; it stays pending and will be retried.")
+        }
+        Ok(Err(refusal)) => ApiError::from_claim(refusal, id).message,
+        Err(err) => return api_error_page(&client, err),
+    };
+    see_other(&state, &format!("/console/messages/{id}"), &flash)
+}
+
+pub async fn delete(State(state): State<AppState>, Operator(client): Operator, Path(raw): Path<String>) -> Response {
+    let Some(id) = parse_id(&raw) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&client),
+            &format!("No failed message `{raw}`."),
+        );
+    };
+    if let Err(err) = client.require(Scope::Operate) {
+        return api_error_page(&client, err);
+    }
+    let deleted = match super::pool(&state) {
+        Ok(pool) => stored(failed_messages::delete(pool, id).await),
+        Err(err) => Err(err),
+    };
+    match deleted {
+        Ok(true) => {
+            info!(client = %client.name, id, "Failed message deleted from the console.");
+            see_other(&state, "/console/failures", &format!("Message {id} deleted."))
+        }
+        Ok(false) => error_page(
+            StatusCode::NOT_FOUND,
+            Some(&client),
+            &format!("No failed message {id}."),
+        ),
+        Err(err) => api_error_page(&client, err),
+    }
+}

@@ -442,6 +442,22 @@ install_deploy_tools() {
     fi
 }
 
+# The console's browser test (tests/console.rs -> scripts/console_browser.py): Debian's
+# chromium, driven by Python playwright with executable_path (no browser download), and axe-core
+# as bundled by axe-playwright-python.
+PLAYWRIGHT_VERSION="1.65.3"
+AXE_PLAYWRIGHT_VERSION="0.1.8"
+install_browser_tools() {
+    have chromium || apt_install chromium
+    if ! python3 -c 'import playwright, axe_playwright_python' 2>/dev/null; then
+        log "playwright ${PLAYWRIGHT_VERSION} and axe-playwright-python ${AXE_PLAYWRIGHT_VERSION}: installing with pip"
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+            "playwright==${PLAYWRIGHT_VERSION}" "axe-playwright-python==${AXE_PLAYWRIGHT_VERSION}" ||
+            die "pip could not install playwright and axe-playwright-python (the console's browser test needs them)"
+    fi
+    log "browser test: $(chromium --version 2>/dev/null | head -1), playwright $(python3 -c 'import importlib.metadata as m; print(m.version("playwright"))')"
+}
+
 # ---------------------------------------------------------------------------
 main() {
     RABBITMQ_VERSION=""
@@ -455,6 +471,7 @@ main() {
         install_promtool
     fi
     install_deploy_tools
+    install_browser_tools
     { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'schemathesis==3.39.16' 'hypothesis<6.140' && log "schemathesis: $(python3 -m schemathesis.cli --version) (for scripts/schemathesis.sh; hypothesis pinned: 6.170.10+ breaks hypothesis-jsonschema 0.23)"; } || die "pip could not install schemathesis (scripts/schemathesis.sh needs it)"
 
     log "summary:"

@@ -96,6 +96,8 @@ pub struct TestEnv {
     pub prefix: String,
     pub settings: Settings,
     pub dir: tempfile::TempDir,
+    /// A vhost made for this test (see [`TestEnv::with_shipped_topology`]), deleted at the end.
+    own_vhost: Option<String>,
 }
 
 impl TestEnv {
@@ -135,7 +137,7 @@ impl TestEnv {
             },
         ];
         create_database(&settings).await;
-        Self { prefix, settings, dir }
+        Self { prefix, settings, dir, own_vhost: None }
     }
 
     /// Puts a cuttable TCP proxy between the app and MariaDB (a database outage for this test
@@ -154,6 +156,34 @@ impl TestEnv {
         let mut database = settings.database.clone();
         database.port = Settings::default().database.port;
         database
+    }
+
+    /// Runs the test with the shipped topology.toml (the platform's real queue names) in a vhost
+    /// of its own, so that it shares nothing with other tests or a local run.
+    pub async fn with_shipped_topology(&mut self) {
+        let vhost = self.prefix.clone();
+        let rabbitmq = &self.settings.rabbitmq;
+        let api = format!("http://{}:{}/api", rabbitmq.host, rabbitmq.management_port);
+        let http = reqwest::Client::new();
+        for (path, body) in [
+            (format!("{api}/vhosts/{vhost}"), serde_json::json!({})),
+            (
+                format!("{api}/permissions/{vhost}/{}", rabbitmq.user),
+                serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+            ),
+        ] {
+            let response = http
+                .put(&path)
+                .basic_auth(&rabbitmq.user, Some(rabbitmq.password.expose()))
+                .json(&body)
+                .send()
+                .await
+                .expect("management API");
+            assert!(response.status().is_success(), "PUT {path}: {}", response.status());
+        }
+        self.settings.rabbitmq.vhost = vhost.clone();
+        self.settings.app.topology_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("topology.toml");
+        self.own_vhost = Some(vhost);
     }
 
     pub fn topology_path(&self) -> PathBuf {
@@ -188,6 +218,7 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let settings = self.settings.clone();
         let prefix = self.prefix.clone();
+        let own_vhost = self.own_vhost.clone();
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -196,7 +227,7 @@ impl Drop for TestEnv {
             // Bounded: a test that stopped the broker or the database must still end.
             // The timer is made inside `block_on`: outside it there is no runtime to register with.
             runtime.block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), remove_leftovers(settings, &prefix)).await
+                tokio::time::timeout(Duration::from_secs(30), remove_leftovers(settings, &prefix, own_vhost)).await
             })
         });
         // Best effort, and never a panic inside a panic: a failed cleanup only leaves leftovers.
@@ -211,8 +242,16 @@ impl Drop for TestEnv {
 
 /// Deletes the topology's queues and exchanges, the broker users named with the test's prefix,
 /// and drops the test database (best effort).
-async fn remove_leftovers(settings: Settings, prefix: &str) {
+async fn remove_leftovers(settings: Settings, prefix: &str, own_vhost: Option<String>) {
     let management = ManagementClient::new(&settings.rabbitmq);
+    if let Some(vhost) = own_vhost {
+        let rabbitmq = &settings.rabbitmq;
+        let _ = reqwest::Client::new()
+            .delete(format!("http://{}:{}/api/vhosts/{vhost}", rabbitmq.host, rabbitmq.management_port))
+            .basic_auth(&rabbitmq.user, Some(rabbitmq.password.expose()))
+            .send()
+            .await;
+    }
     // Every user a test makes (in its topology or by hand) starts with its unique prefix.
     for user in management.users().await.unwrap_or_default() {
         if user.name.starts_with(prefix) {

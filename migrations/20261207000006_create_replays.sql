@@ -1,5 +1,5 @@
 -- Replays of the audit trail (`POST /api/replays`): the request, its progress and who runs it.
--- A replay publishes the message_logs rows matching `filter` with ids in (cursor_log_id,
+-- A replay publishes the message_logs rows matching `filter_json` with ids in (cursor_log_id,
 -- until_log_id], in id order; cursor_log_id moves only after a batch's confirms, so a replay
 -- resumes where it stopped. A replica runs one only while it holds the lease (owner,
 -- lease_until), renewed after every batch; a crashed owner's replay is taken over once its lease
@@ -7,7 +7,7 @@
 CREATE TABLE IF NOT EXISTS replays (
     id              BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     status          ENUM('queued', 'running', 'completed', 'cancelled', 'failed') NOT NULL DEFAULT 'queued',
-    filter          LONGTEXT NOT NULL,
+    filter_json     LONGTEXT NOT NULL,
     target_exchange VARCHAR(255) NULL,
     requested_by    VARCHAR(255) NOT NULL,
     total           BIGINT UNSIGNED NOT NULL,

@@ -271,8 +271,8 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     client.require(Scope::Operate)?;
-    let request = parse_request(json_body(&headers, body, state.settings.app.max_body_bytes)?)
-        .map_err(ApiError::validation)?;
+    let request =
+        parse_request(json_body(&headers, body, state.settings.app.max_body_bytes)?).map_err(ApiError::validation)?;
     destination(&state, &client, &request)?;
     let pool = pool(&state)?;
     let (count, until_log_id) = stored(replays::count_matching(pool, &request.filter).await)?;
@@ -318,7 +318,9 @@ pub async fn create(
     if expected != count {
         let mut err = ApiError::new(
             ErrorCode::CountChanged,
-            format!("The filter selects {count} messages now, not {expected}; check with a dry run and send the new count."),
+            format!(
+                "The filter selects {count} messages now, not {expected}; check with a dry run and send the new count."
+            ),
         );
         err.count = Some(count);
         return Err(err);
@@ -369,7 +371,9 @@ pub async fn list(
         return Err(ApiError::validation(fields));
     }
     let replays = stored(replays::list(pool(&state)?, limit).await)?;
-    Ok(Json(json!({ "data": replays.iter().map(replay_body).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "data": replays.iter().map(replay_body).collect::<Vec<_>>() }),
+    ))
 }
 
 /// The id segment: a positive integer, else no replay.
@@ -418,7 +422,10 @@ pub async fn cancel(
         Err(CancelRefusal::NotFound) => Err(ApiError::not_found(format!("No replay {id}."))),
         Err(CancelRefusal::Finished(status)) => Err(ApiError::new(
             ErrorCode::ReplayFinished,
-            format!("Replay {id} is {}; only a queued or running replay can be cancelled.", status.as_str()),
+            format!(
+                "Replay {id} is {}; only a queued or running replay can be cancelled.",
+                status.as_str()
+            ),
         )),
     }
 }
@@ -469,8 +476,9 @@ mod tests {
                 "target.queue",
             ]
         );
-        let fields = parse_request(json!({"filter": {"from": "2026-02-01", "to": "2026-01-01", "message_ids": ["", "ok"]}}))
-            .unwrap_err();
+        let fields =
+            parse_request(json!({"filter": {"from": "2026-02-01", "to": "2026-01-01", "message_ids": ["", "ok"]}}))
+                .unwrap_err();
         assert!(fields.contains_key("filter.from"), "{fields:?}");
         assert!(fields.contains_key("filter.message_ids[0]"), "{fields:?}");
         assert!(parse_request(json!([1])).unwrap_err().contains_key("body"));

@@ -221,14 +221,14 @@ pub struct Replay {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "id, CAST(status AS CHAR) AS status, filter, target_exchange, requested_by, total, published, \
+const COLUMNS: &str = "id, CAST(status AS CHAR) AS status, filter_json, target_exchange, requested_by, total, published, \
     failed, cursor_log_id, until_log_id, past_retention, owner, lease_until, last_error, created_at, started_at, \
     finished_at";
 
 fn from_row(row: &MySqlRow) -> Result<Replay, sqlx::Error> {
     let decode = |err: String| sqlx::Error::Decode(err.into());
     let status: String = row.try_get("status")?;
-    let filter: String = row.try_get("filter")?;
+    let filter: String = row.try_get("filter_json")?;
     let at = |t: Option<NaiveDateTime>| t.map(|t| t.and_utc());
     Ok(Replay {
         id: row.try_get("id")?,
@@ -257,7 +257,7 @@ fn from_row(row: &MySqlRow) -> Result<Replay, sqlx::Error> {
 pub async fn insert(pool: &MySqlPool, replay: &NewReplay) -> Result<u64, StoreError> {
     let filter = serde_json::to_string(&replay.filter).expect("a filter serializes");
     let result = sqlx::query(
-        "INSERT INTO replays (filter, target_exchange, requested_by, total, until_log_id, past_retention, created_at) \
+        "INSERT INTO replays (filter_json, target_exchange, requested_by, total, until_log_id, past_retention, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))",
     )
     .bind(filter)
@@ -273,10 +273,12 @@ pub async fn insert(pool: &MySqlPool, replay: &NewReplay) -> Result<u64, StoreEr
 
 pub async fn find(pool: &MySqlPool, id: u64) -> Result<Option<Replay>, StoreError> {
     // COLUMNS is a constant of this file: no outside text reaches the statement.
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM replays WHERE id = ?")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM replays WHERE id = ?"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 

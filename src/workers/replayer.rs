@@ -143,10 +143,16 @@ impl Replayer {
             if stop.is_cancelled() {
                 return self.let_go(&replay, report, End::Stopped).await;
             }
-            let rows = replays::matching(&self.pool, &replay.filter, cursor, replay.until_log_id, batch_size(rate)).await?;
+            let rows = replays::matching(
+                &self.pool,
+                &replay.filter,
+                cursor,
+                replay.until_log_id,
+                batch_size(rate),
+            )
+            .await?;
             if rows.is_empty() {
-                let done =
-                    replays::finish(&self.pool, replay.id, &self.owner, ReplayStatus::Completed, None).await?;
+                let done = replays::finish(&self.pool, replay.id, &self.owner, ReplayStatus::Completed, None).await?;
                 // Not ours to complete any more: cancelled at the last moment, or taken over.
                 report.end = if done { End::Completed } else { End::Cancelled };
                 info!(replay = replay.id, end = ?report.end, "Replay ended.");
@@ -163,11 +169,18 @@ impl Replayer {
                 Hold::Held(ReplayStatus::Running) => {}
                 Hold::Held(ReplayStatus::Cancelled) => return self.let_go(&replay, report, End::Cancelled).await,
                 Hold::Held(other) => {
-                    warn!(replay = replay.id, status = other.as_str(), "Replay ended elsewhere; stopping.");
+                    warn!(
+                        replay = replay.id,
+                        status = other.as_str(),
+                        "Replay ended elsewhere; stopping."
+                    );
                     return self.let_go(&replay, report, End::Cancelled).await;
                 }
                 Hold::Lost => {
-                    warn!(replay = replay.id, "Replay taken over by another replica (our lease passed); stopping.");
+                    warn!(
+                        replay = replay.id,
+                        "Replay taken over by another replica (our lease passed); stopping."
+                    );
                     report.end = End::LeaseLost;
                     return Ok(Some(report));
                 }
@@ -202,7 +215,8 @@ impl Replayer {
             .map(|row| {
                 let exchange = replay.target_exchange.as_deref().unwrap_or(&row.exchange);
                 // Publishing to an exchange the broker lacks would close the shared channel.
-                self.is_public(exchange).then(|| Arc::new(copy_of(replay.id, row, exchange)))
+                self.is_public(exchange)
+                    .then(|| Arc::new(copy_of(replay.id, row, exchange)))
             })
             .collect();
         for (i, message) in messages.iter().enumerate() {
@@ -373,7 +387,10 @@ fn copy_of(replay: u64, row: &LoggedMessage, exchange: &str) -> OutgoingMessage 
     if let Some(client) = metadata["client"].as_str() {
         headers.push(("published-by".into(), AMQPValue::LongString(client.into())));
     }
-    headers.push((REPLAY_OF_HEADER.into(), AMQPValue::LongString(row.message_id.as_str().into())));
+    headers.push((
+        REPLAY_OF_HEADER.into(),
+        AMQPValue::LongString(row.message_id.as_str().into()),
+    ));
     headers.push((REPLAY_ID_HEADER.into(), AMQPValue::LongLongInt(replay as i64)));
     OutgoingMessage {
         exchange: exchange.to_owned(),
@@ -414,14 +431,20 @@ mod tests {
     fn a_copy_is_marked_and_gets_its_own_stable_id() {
         let copy = copy_of(
             3,
-            &row(Some(r#"{"client":"orders-service","headers":{"tenant":"eu","x-death":1}}"#)),
+            &row(Some(
+                r#"{"client":"orders-service","headers":{"tenant":"eu","x-death":1}}"#,
+            )),
             "audit_exchange",
         );
         assert_eq!(copy.exchange, "audit_exchange");
         assert_eq!(copy.routing_key, "orders.created");
         assert_ne!(copy.message_id, "original-1");
         assert_eq!(copy.message_id, copy_id(3, "original-1"), "the same copy, the same id");
-        assert_ne!(copy_id(3, "original-1"), copy_id(4, "original-1"), "another replay, another id");
+        assert_ne!(
+            copy_id(3, "original-1"),
+            copy_id(4, "original-1"),
+            "another replay, another id"
+        );
         let names: Vec<&str> = copy.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["tenant", "published-by", REPLAY_OF_HEADER, REPLAY_ID_HEADER]);
         assert_eq!(
@@ -449,7 +472,10 @@ mod tests {
         }
         // 100 messages at 100/s: the tenth batch may go after 0.9 s.
         let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(890) && elapsed < Duration::from_millis(1000), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(890) && elapsed < Duration::from_millis(1000),
+            "{elapsed:?}"
+        );
         stop.cancel();
         assert!(!pace.admit(10, &stop).await);
     }

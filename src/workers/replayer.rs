@@ -11,14 +11,14 @@
 //!
 //! **What "no message twice" means.** A stop (SIGTERM, a cancel) lets the batch in flight finish
 //! and records it before letting the replay go, so a resumed replay publishes nothing twice. A
-//! crash (or a lost lease: a replica so stalled that its lease passed) can leave one batch
-//! published but not recorded; the replica that takes over publishes that batch again, at most
-//! `rate_per_second / 10` messages (500 at most). Those copies carry the same message_id as the
-//! first time (derived from the replay id and the original message_id), so a consumer that
-//! deduplicates by message_id sees each copy once. Making the window zero would need the cursor
-//! written in the same transaction as the broker's confirm, which AMQP and MySQL cannot share;
-//! recording after each confirm (batches of one) would only shrink it to one message at the price
-//! of one UPDATE per message.
+//! crash (or a lost lease: a replica so stalled that its lease passed; or the database failing
+//! right after a batch) can leave one batch published but not recorded; whoever resumes the
+//! replay publishes that batch again, at most `rate_per_second / 10` messages (500 at most).
+//! Those copies carry the same message_id as the first time (derived from the replay id and the
+//! original message_id), so a consumer that deduplicates by message_id sees each copy once.
+//! Making the window zero would need the cursor written in the same transaction as the broker's
+//! confirm, which AMQP and MySQL cannot share; recording after each confirm (batches of one)
+//! would only shrink it to one message at the price of one UPDATE per message.
 
 use std::{sync::Arc, time::Duration};
 
@@ -153,9 +153,11 @@ impl Replayer {
             .await?;
             if rows.is_empty() {
                 let done = replays::finish(&self.pool, replay.id, &self.owner, ReplayStatus::Completed, None).await?;
-                // Not ours to complete any more: cancelled at the last moment, or taken over.
-                report.end = if done { End::Completed } else { End::Cancelled };
-                info!(replay = replay.id, end = ?report.end, "Replay ended.");
+                if !done {
+                    // Not ours to complete any more: cancelled at the last moment, or taken over.
+                    return self.let_go(&replay, report, End::Cancelled).await;
+                }
+                info!(replay = replay.id, published = report.published, "Replay completed.");
                 return Ok(Some(report));
             }
             if !pace.admit(rows.len(), stop).await {

@@ -18,6 +18,7 @@ use crate::{
     workers::{
         applier::{Applier, Mode, TopologyState},
         ingester::Ingester,
+        replayer::Replayer,
         retention::Retention,
         retrier::Retrier,
         scheduler::Scheduler,
@@ -79,6 +80,7 @@ impl App {
         }
         if shared.runs(Role::Scheduler) {
             shared.spawn_role(Scheduler::new(&shared));
+            shared.spawn_role(Replayer::new(&shared));
         }
         // The api role's routes and publishing parts are built with the handlers' state.
         let state = Arc::new(AppContext::new(&shared));

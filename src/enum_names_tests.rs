@@ -10,7 +10,10 @@ use strum::IntoEnumIterator;
 use crate::{
     roles::{Role, Roles},
     settings::Scope,
-    store::failed_messages::{PayloadEncoding, Status},
+    store::{
+        failed_messages::{PayloadEncoding, Status},
+        replays::ReplayStatus,
+    },
     topology::{ExchangeKind, Overflow, QueueType},
     workers::stats::Source,
 };
@@ -44,6 +47,8 @@ fn serde_and_strum_spell_every_variant_alike() {
     serde_spells_like_strum(|s: Scope| s.to_string());
     names_read_back(|s: Status| s.as_str().into());
     names_read_back(|k: ExchangeKind| k.as_str().into());
+    serde_spells_like_strum(|s: ReplayStatus| s.as_str().into());
+    names_read_back(|s: ReplayStatus| s.as_str().into());
 }
 
 /// Every variant's name, in declaration order, comma-separated.
@@ -60,6 +65,8 @@ fn the_names_are_the_ones_the_contract_uses() {
     assert_eq!(all(ExchangeKind::as_str), "direct,topic,fanout,headers");
     assert_eq!(all(QueueType::as_str), "classic,quorum");
     assert_eq!(all(Overflow::as_str), "drop-head,reject-publish,reject-publish-dlx");
+    // The ENUM of the replays table.
+    assert_eq!(all(ReplayStatus::as_str), "queued,running,completed,cancelled,failed");
     assert_eq!(Role::Api.to_string(), "api");
     assert_eq!(Scope::Operate.to_string(), "operate");
 }

@@ -91,6 +91,10 @@ metrics! {
     scheduled_due_lag_seconds: Gauge,
     /// Delayed messages the scheduler role handled, by outcome (sent, failed, retry).
     scheduled_released_total: IntCounterVec["outcome"],
+    /// Copies published by replays of the audit trail, by outcome: published (confirmed), failed
+    /// (given up: unroutable, exchange not in the topology, or refused on every attempt), retry
+    /// (not confirmed this time, tried again).
+    replayed_total: IntCounterVec["outcome"],
     /// Publishes refused by a rate limit, by client.
     rate_limited_total: IntCounterVec["client"],
     /// Times the HTTP server reached app.max_connections and stopped accepting until a connection

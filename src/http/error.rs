@@ -44,6 +44,11 @@ pub enum ErrorCode {
     IdempotencyConflict,
     PurgeRefused,
     NotScheduled,
+    /// A replay's `expected_count` is no longer the count of what it selects (the answer has the
+    /// current `count`).
+    CountChanged,
+    /// A replay that completed or failed cannot be cancelled.
+    ReplayFinished,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,
@@ -74,7 +79,9 @@ impl ErrorCode {
             | Self::RetryInProgress
             | Self::IdempotencyConflict
             | Self::PurgeRefused
-            | Self::NotScheduled => StatusCode::CONFLICT,
+            | Self::NotScheduled
+            | Self::CountChanged
+            | Self::ReplayFinished => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ValidationFailed | Self::UnknownExchange | Self::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,
@@ -100,6 +107,8 @@ pub struct ApiError {
     pub fields: Option<BTreeMap<String, String>>,
     /// Seconds, for 429 and 503 answers.
     pub retry_after: Option<u64>,
+    /// On 409 `count_changed`: the count now.
+    pub count: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -110,6 +119,9 @@ pub struct ErrorBody {
     /// On 422: the offending fields and what is wrong with each.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<BTreeMap<String, String>>,
+    /// On 409 `count_changed`: how many messages the replay's filter selects now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl ApiError {
@@ -119,6 +131,7 @@ impl ApiError {
             message: message.into(),
             fields: None,
             retry_after: None,
+            count: None,
         }
     }
 
@@ -178,6 +191,7 @@ impl IntoResponse for ApiError {
             error: self.code,
             message: self.message,
             fields: self.fields,
+            count: self.count,
         };
         let mut response = (status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {

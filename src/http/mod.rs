@@ -11,6 +11,7 @@ pub mod probes;
 pub mod publish;
 pub mod queues;
 pub mod rate_limit;
+pub mod replays;
 pub mod request;
 pub mod scheduled;
 pub mod server;
@@ -158,6 +159,9 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/api/messages/retry/{id}", post(failed::retry_one))
         .route("/api/messages/scheduled", get(scheduled::list))
         .route("/api/messages/scheduled/{id}", delete(scheduled::cancel))
+        .route("/api/replays", get(replays::list).post(replays::create))
+        .route("/api/replays/{id}", get(replays::show))
+        .route("/api/replays/{id}/cancel", post(replays::cancel))
         .route("/api/queues", get(queues::list))
         .route("/api/queues/{queue}/stats", get(queues::stats))
         .route("/api/queues/{queue}/purge", post(queues::purge))

@@ -15,6 +15,7 @@ mod console;
 mod database;
 mod publish;
 mod rabbitmq;
+mod replay;
 mod request;
 mod retention;
 mod retry;
@@ -27,6 +28,7 @@ pub use console::ConsoleSettings;
 pub use database::{DatabaseSettings, SslMode};
 pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
+pub use replay::ReplaySettings;
 pub use request::RequestSettings;
 pub use retention::RetentionSettings;
 pub use retry::{MessageSettings, RetrySettings};
@@ -81,6 +83,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub scheduling: SchedulingSettings,
     pub retention: RetentionSettings,
+    pub replay: ReplaySettings,
     pub auth: AuthSettings,
     pub console: ConsoleSettings,
     pub topology: TopologySettings,
@@ -256,6 +259,23 @@ impl Settings {
         Ok(())
     }
 
+    /// A replay's pace, and a lease that outlasts the longest wait of one batch.
+    fn check_replay(&self) -> Result<(), SettingsError> {
+        if self.replay.rate_per_second == 0 {
+            return Err(SettingsError::new("replay.rate_per_second", "must be at least 1"));
+        }
+        if self.replay.scan_interval.is_zero() {
+            return Err(SettingsError::new("replay.scan_interval", "must be more than 0"));
+        }
+        if self.replay.lease <= self.publish.confirm_timeout * 2 {
+            return Err(SettingsError::new(
+                "replay.lease",
+                "must be more than twice publish.confirm_timeout (a batch may wait that long for its confirms)",
+            ));
+        }
+        Ok(())
+    }
+
     /// The intervals, timeouts and sizes of the workers and the publish path.
     fn check_pace(&self) -> Result<(), SettingsError> {
         if self.retention.interval.is_zero() {
@@ -303,6 +323,7 @@ impl Settings {
         if self.stats.interval < Duration::from_millis(100) {
             return Err(SettingsError::new("stats.interval", "must be at least 100ms"));
         }
+        self.check_replay()?;
         if self.ingest.prefetch == 0 {
             return Err(SettingsError::new("ingest.prefetch", "must be at least 1"));
         }
@@ -345,6 +366,17 @@ mod tests {
         assert_eq!(settings.check().unwrap_err().key, "request.max_timeout");
         settings.request.default_timeout = Duration::ZERO;
         assert_eq!(settings.check().unwrap_err().key, "request.max_timeout");
+    }
+
+    #[test]
+    fn a_replay_lease_shorter_than_a_batch_is_refused() {
+        let mut settings = Settings::default();
+        settings.replay.lease = Duration::from_secs(10);
+        assert_eq!(settings.check().unwrap_err().key, "replay.lease");
+        settings.replay.lease = Duration::from_secs(11);
+        assert!(settings.check().is_ok());
+        settings.replay.rate_per_second = 0;
+        assert_eq!(settings.check().unwrap_err().key, "replay.rate_per_second");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod failed_messages;
 pub mod failed_stats;
 pub mod idempotency_keys;
 pub mod message_logs;
+pub mod replays;
 pub mod scheduled_messages;
 
 use sqlx::{MySqlPool, mysql::MySqlPoolOptions};

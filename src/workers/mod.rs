@@ -6,6 +6,7 @@
 pub mod applier;
 pub mod audit;
 pub mod ingester;
+pub mod replayer;
 pub mod retention;
 pub mod retrier;
 pub mod scheduler;

@@ -6,6 +6,7 @@
 pub mod amqp;
 pub mod app;
 pub mod backoff;
+pub mod edit;
 pub mod fingerprint;
 pub mod http;
 pub mod metrics;

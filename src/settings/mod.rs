@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 mod app;
 mod auth;
 mod database;
+mod failed;
 mod publish;
 mod rabbitmq;
 mod request;
@@ -23,6 +24,7 @@ mod workers;
 pub use app::{AppSettings, LogFormat};
 pub use auth::{AuthSettings, ClientSettings, Scope};
 pub use database::{DatabaseSettings, SslMode};
+pub use failed::FailedSettings;
 pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
 pub use request::RequestSettings;
@@ -79,6 +81,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub scheduling: SchedulingSettings,
     pub retention: RetentionSettings,
+    pub failed: FailedSettings,
     pub auth: AuthSettings,
     pub topology: TopologySettings,
 }

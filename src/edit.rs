@@ -42,7 +42,10 @@ pub fn locked_header(name: &str) -> Option<&'static str> {
         Some("x- headers belong to the broker (x-death and the other death headers) and cannot be edited")
     } else if lower.starts_with("mb-") {
         Some("mb- headers are this service's (retry count, edit link) and cannot be edited")
-    } else if matches!(lower.replace('-', "_").as_str(), "message_id" | "messageid" | "published_by") {
+    } else if matches!(
+        lower.replace('-', "_").as_str(),
+        "message_id" | "messageid" | "published_by"
+    ) {
         Some("identifies the message or its publisher and cannot be edited; the copy gets a new message_id")
     } else {
         None
@@ -117,7 +120,8 @@ pub fn copy(original: &Claimed, edit: &Edit, message_id: String, editor: &str) -
         .into_iter()
         .filter(|(name, _)| {
             let lower = name.to_ascii_lowercase();
-            !lower.starts_with("x-") && ![RETRY_COUNT_HEADER, EDIT_OF_HEADER, EDITED_BY_HEADER].contains(&lower.as_str())
+            !lower.starts_with("x-")
+                && ![RETRY_COUNT_HEADER, EDIT_OF_HEADER, EDITED_BY_HEADER].contains(&lower.as_str())
         })
         .collect();
     for (name, change) in &edit.headers {
@@ -126,14 +130,21 @@ pub fn copy(original: &Claimed, edit: &Edit, message_id: String, editor: &str) -
             kept.push((name.clone(), value.clone()));
         }
     }
-    let mut message_headers: Vec<(String, AMQPValue)> =
-        kept.iter().map(|(name, value)| (name.clone(), headers::from_json(value))).collect();
-    message_headers.push((EDIT_OF_HEADER.into(), AMQPValue::LongString(original.message_id.as_str().into())));
+    let mut message_headers: Vec<(String, AMQPValue)> = kept
+        .iter()
+        .map(|(name, value)| (name.clone(), headers::from_json(value)))
+        .collect();
+    message_headers.push((
+        EDIT_OF_HEADER.into(),
+        AMQPValue::LongString(original.message_id.as_str().into()),
+    ));
     message_headers.push((EDITED_BY_HEADER.into(), AMQPValue::LongString(editor.into())));
     OutgoingMessage {
         exchange: original.exchange.clone(),
         routing_key: original.routing_key.clone(),
-        payload: serde_json::to_vec(&edit.payload).expect("a JSON value serializes").into(),
+        payload: serde_json::to_vec(&edit.payload)
+            .expect("a JSON value serializes")
+            .into(),
         message_id,
         headers: message_headers,
         priority: None,
@@ -212,7 +223,11 @@ mod tests {
         assert!(parse(json!({"headers": {}})).unwrap_err().contains_key("payload"));
         assert!(parse(json!({"payload": null})).unwrap_err().contains_key("payload"));
         assert!(parse(json!([1])).unwrap_err().contains_key("body"));
-        assert!(parse(json!({"payload": 1, "headers": "h"})).unwrap_err().contains_key("headers"));
+        assert!(
+            parse(json!({"payload": 1, "headers": "h"}))
+                .unwrap_err()
+                .contains_key("headers")
+        );
         let edit = parse(json!({"payload": "text is JSON too"})).unwrap();
         assert_eq!((edit.payload, edit.headers), (json!("text is JSON too"), vec![]));
     }
@@ -240,7 +255,13 @@ mod tests {
             names,
             vec!["fixed", EDIT_OF_HEADER, EDITED_BY_HEADER, "published-by", "tenant"]
         );
-        let value = |name: &str| message.headers.iter().find(|(n, _)| n == name).map(|(_, v)| headers::to_json(v));
+        let value = |name: &str| {
+            message
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| headers::to_json(v))
+        };
         assert_eq!(value("tenant"), Some(json!("de")));
         assert_eq!(value(EDIT_OF_HEADER), Some(json!("orig-1")));
         assert_eq!(value("published-by"), Some(json!("orders-service")));
@@ -248,7 +269,10 @@ mod tests {
 
     #[test]
     fn a_stored_copy_names_its_original() {
-        assert_eq!(edit_of(r#"{"mb-edit-of": "orig-1", "x-death": []}"#).as_deref(), Some("orig-1"));
+        assert_eq!(
+            edit_of(r#"{"mb-edit-of": "orig-1", "x-death": []}"#).as_deref(),
+            Some("orig-1")
+        );
         assert_eq!(edit_of(r#"{"tenant": "fr"}"#), None);
         assert_eq!(edit_of(r#"{"mb-edit-of": 5}"#), None);
         assert_eq!(edit_of("not json mb-edit-of"), None);

@@ -278,7 +278,10 @@ mod tests {
             ("pointer 0xDEADbeef", "pointer <hex>"),
             ("cafe beef deadbeef stay words", "cafe beef deadbeef stay words"),
             ("12345678 is a number", "<n> is a number"),
-            ("mail to Jane.Doe+shop@mail.example.com bounced", "mail to <email> bounced"),
+            (
+                "mail to Jane.Doe+shop@mail.example.com bounced",
+                "mail to <email> bounced",
+            ),
             ("not an email: a@b", "not an email: a@b"),
             (
                 "GET https://api.example.com/v1/orders/42?x=1 failed.",
@@ -290,7 +293,10 @@ mod tests {
             ("at 2026-12-07 10:11:12+01:00 timeout", "at <time> timeout"),
             ("due 2026-12-07.", "due <time>."),
             ("at 2026-12-07T10:11 local", "at <time> local"),
-            ("rejected in orders_queue (death count 3): stock  \n down ", "rejected in orders_queue (death count <n>): stock down"),
+            (
+                "rejected in orders_queue (death count 3): stock  \n down ",
+                "rejected in orders_queue (death count <n>): stock down",
+            ),
             ("timeout after 30s", "timeout after <n>s"),
             ("ünïcödé 42 ✓", "ünïcödé <n> ✓"),
             ("", ""),
@@ -308,7 +314,10 @@ mod tests {
         assert!(is_fingerprint(&a), "{a}");
         assert_ne!(a, fingerprint("orders_queue", "order.paid", "order 123 not found"));
         assert_ne!(a, fingerprint("baskets_queue", "order.created", "order 123 not found"));
-        assert_ne!(a, fingerprint("orders_queue", "order.created", "order 123 was cancelled"));
+        assert_ne!(
+            a,
+            fingerprint("orders_queue", "order.created", "order 123 was cancelled")
+        );
         // Parts are length-prefixed: moving a character from one part to the next changes it.
         assert_ne!(fingerprint("ab", "c", ""), fingerprint("a", "bc", ""));
     }
@@ -331,7 +340,13 @@ mod tests {
     #[test]
     fn only_sixteen_lowercase_hex_digits_name_a_group() {
         assert!(is_fingerprint("0123456789abcdef"));
-        for bad in ["0123456789ABCDEF", "0123456789abcde", "0123456789abcdefa", "0123456789abcdeg", ""] {
+        for bad in [
+            "0123456789ABCDEF",
+            "0123456789abcde",
+            "0123456789abcdefa",
+            "0123456789abcdeg",
+            "",
+        ] {
             assert!(!is_fingerprint(bad), "{bad}");
         }
     }

@@ -68,7 +68,10 @@ pub fn parse_query(pairs: &[(String, String)], paginated: bool) -> Result<ListQu
             "q" => query.filter.q = text(key, value, &mut fields),
             "fingerprint" if fingerprint::is_fingerprint(value) => query.filter.fingerprint = Some(value.clone()),
             "fingerprint" => {
-                fields.insert(key.clone(), format!("must be {} lowercase hex digits", fingerprint::LEN));
+                fields.insert(
+                    key.clone(),
+                    format!("must be {} lowercase hex digits", fingerprint::LEN),
+                );
             }
             "from" | "to" => match parse_time(value) {
                 Some(time) if key == "from" => query.filter.from = Some(time),
@@ -324,7 +327,8 @@ pub async fn edit_retry(
         ));
     }
     let id = path_id(id)?;
-    let edit = edit::parse(json_body(&headers, body, state.settings.app.max_body_bytes)?).map_err(ApiError::validation)?;
+    let edit =
+        edit::parse(json_body(&headers, body, state.settings.app.max_body_bytes)?).map_err(ApiError::validation)?;
     let retrier = state
         .retrier
         .as_ref()
@@ -382,7 +386,10 @@ mod tests {
         )
         .unwrap_err();
         let keys: Vec<&str> = err.keys().map(String::as_str).collect();
-        assert_eq!(keys, vec!["color", "fingerprint", "page", "per_page", "q", "status", "to"]);
+        assert_eq!(
+            keys,
+            vec!["color", "fingerprint", "page", "per_page", "q", "status", "to"]
+        );
         let err = parse_query(&pairs(&[("from", "2026-11-02"), ("to", "2026-11-01")]), true).unwrap_err();
         assert!(err.contains_key("from"));
         // The bulk retry takes no pagination.

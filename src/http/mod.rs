@@ -155,8 +155,14 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/api/messages/failed/{id}", get(failed::show).delete(failed::delete))
         .route("/api/messages/retry/{id}", post(failed::retry_one))
         .route("/api/messages/failed/groups", get(failure_groups::list))
-        .route("/api/messages/failed/groups/{fingerprint}/retry", post(failure_groups::retry))
-        .route("/api/messages/failed/groups/{fingerprint}/delete", post(failure_groups::delete))
+        .route(
+            "/api/messages/failed/groups/{fingerprint}/retry",
+            post(failure_groups::retry),
+        )
+        .route(
+            "/api/messages/failed/groups/{fingerprint}/delete",
+            post(failure_groups::delete),
+        )
         .route("/api/messages/failed/{id}/edit-retry", post(failed::edit_retry))
         .route("/api/messages/scheduled", get(scheduled::list))
         .route("/api/messages/scheduled/{id}", delete(scheduled::cancel))

@@ -701,7 +701,11 @@ async fn examples(pool: &MySqlPool, ids: &[u64]) -> Result<std::collections::Has
         .map(|row| {
             Ok((
                 row.try_get("id")?,
-                (row.try_get("queue")?, row.try_get("event")?, row.try_get("error_message")?),
+                (
+                    row.try_get("queue")?,
+                    row.try_get("event")?,
+                    row.try_get("error_message")?,
+                ),
             ))
         })
         .collect::<Result<_, sqlx::Error>>()
@@ -734,8 +738,13 @@ pub async fn backfill_fingerprints(pool: &MySqlPool, limit: u32) -> Result<u64, 
         let queue: String = row.try_get("queue")?;
         let event: Option<String> = row.try_get("event")?;
         let error: Option<String> = row.try_get("error_message")?;
-        let fingerprint = fingerprint::fingerprint(&queue, event.as_deref().unwrap_or(""), error.as_deref().unwrap_or(""));
-        update.push(" WHEN ").push_bind(id).push(" THEN ").push_bind(fingerprint);
+        let fingerprint =
+            fingerprint::fingerprint(&queue, event.as_deref().unwrap_or(""), error.as_deref().unwrap_or(""));
+        update
+            .push(" WHEN ")
+            .push_bind(id)
+            .push(" THEN ")
+            .push_bind(fingerprint);
         ids.push(id);
     }
     update

@@ -268,7 +268,9 @@ impl Ingester {
         match self.backfill_fingerprints(cancel).await {
             Ok(0) => {}
             Ok(rows) => info!(rows, "Fingerprints computed for failed messages that had none."),
-            Err(err) => warn!(error = %err, "Cannot compute the fingerprints of older failed messages; will try on the next sweep."),
+            Err(err) => {
+                warn!(error = %err, "Cannot compute the fingerprints of older failed messages; will try on the next sweep.")
+            }
         }
     }
 

@@ -57,6 +57,9 @@ const ERRORS: [&str; 5] = [
     "upstream https://api.example.com/items/0000 answered 503",
 ];
 
+/// The path of a scenario's i-th request.
+type PathOf = Box<dyn Fn(usize) -> String>;
+
 #[derive(Parser)]
 #[command(name = "groups_bench", about = "Latency of the failure-group reads on a large table")]
 struct Cli {
@@ -103,7 +106,7 @@ async fn main() -> Result<()> {
     );
 
     let http = reqwest::Client::new();
-    let scenarios: Vec<(&str, Box<dyn Fn(usize) -> String>)> = vec![
+    let scenarios: Vec<(&str, PathOf)> = vec![
         ("groups, first page", Box::new(|_| "/api/messages/failed/groups".into())),
         (
             "groups, status=failed",

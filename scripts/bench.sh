@@ -18,6 +18,11 @@
 #   stats     CPU of one stats poll (workers::stats::poll_once, examples/stats_bench.rs) with 200
 #             extra queues on the vhost, averaged over 50 polls; goal < 50 ms. The broker's CPU
 #             per poll (it renders the management API's JSON) is printed next to it.
+#   groups    latency of the failure-group reads (examples/groups_bench.rs): empties
+#             failed_messages of the bench database, fills it with 100,000 rows in 200 groups
+#             (INSERT ... SELECT), then times 200 sequential requests each of GET
+#             /api/messages/failed/groups (plain, status=failed, queue=...) and of a page of one
+#             group's rows (fingerprint + status); p50, p95, max; goal p95 < 100 ms.
 #
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
@@ -32,7 +37,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-SECTIONS=(publish stats)
+SECTIONS=(publish stats groups)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
@@ -96,8 +101,8 @@ prepare() {
     db "CREATE DATABASE IF NOT EXISTS ${BENCH_DB}" ||
         die "cannot create ${BENCH_DB} (run scripts/setup.sh: it grants messages_broker_test_% databases)"
 
-    # A client with the publish scope.
-    write_client "${CONFIG_FILE}" bench publish
+    # One client for every section: publish (publish), read (groups); admin holds both.
+    write_client "${CONFIG_FILE}" bench admin
 }
 
 # Ready: /api/ready answers 200.
@@ -184,6 +189,14 @@ section_stats() {
     RABBITMQ_USER="${RABBIT_USER}" RABBITMQ_PASSWORD="${RABBIT_PASSWORD}" \
         "${CARGO_TARGET_DIR}/release/examples/stats_bench" \
         --management "${MANAGEMENT_URL}" --queues 200 --polls 50 "${extra[@]}"
+}
+
+section_groups() {
+    echo
+    echo "## groups"
+    cargo build --release --quiet --example groups_bench
+    BENCH_TOKEN="${TOKEN}" "${CARGO_TARGET_DIR}/release/examples/groups_bench" \
+        --url "${SERVICE_URL}" --database "${BENCH_DB}" --rows 100000 --groups 200 --requests 200
 }
 
 main() {

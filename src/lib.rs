@@ -7,6 +7,8 @@ pub mod amqp;
 pub mod app;
 pub mod backoff;
 pub mod console;
+pub mod edit;
+pub mod fingerprint;
 pub mod http;
 pub mod metrics;
 pub mod retry;

@@ -959,6 +959,10 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("get", "/api/messages/failed/{id}", "read"),
     ("delete", "/api/messages/failed/{id}", "operate"),
     ("post", "/api/messages/retry/{id}", "operate"),
+    ("get", "/api/messages/failed/groups", "read"),
+    ("post", "/api/messages/failed/groups/{fingerprint}/retry", "operate"),
+    ("post", "/api/messages/failed/groups/{fingerprint}/delete", "operate"),
+    ("post", "/api/messages/failed/{id}/edit-retry", "operate"),
     ("get", "/api/messages/scheduled", "read"),
     ("delete", "/api/messages/scheduled/{id}", "operate"),
     ("get", "/api/replays", "read"),
@@ -977,6 +981,8 @@ const OPEN: &[&str] = &["/api/health", "/api/ready", "/api/openapi.json", "/metr
 async fn every_api_route_requires_its_scope() {
     let mut env = TestEnv::new("hostile_scope").await;
     env.settings.stats.interval = Duration::from_secs(1);
+    // On, so that edit-retry answers by its scope alone (off, it is 403 `edit_disabled` for all).
+    env.settings.failed.edit_enabled = true;
     let app = env.spawn().await;
     app.wait_ready().await;
     // The queue routes need the first stats snapshot, or they would answer 503.
@@ -1037,7 +1043,10 @@ async fn every_api_route_requires_its_scope() {
     // Path parameters get a plausible value: the checks below are about the token, not the id.
     let queue = env.name("orders_queue");
     for (method, path, scope) in SCOPES {
-        let target = path.replace("{id}", "1").replace("{queue}", &queue);
+        let target = path
+            .replace("{id}", "1")
+            .replace("{queue}", &queue)
+            .replace("{fingerprint}", "0123456789abcdef");
         let method = method.to_ascii_uppercase();
         let call = |token: Option<&'static str>| {
             let (method, target) = (method.clone(), target.clone());

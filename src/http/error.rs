@@ -64,6 +64,8 @@ pub enum ErrorCode {
     ReplyTimeout,
     DatabaseUnavailable,
     StatsUnavailable,
+    /// Edit and retry is turned off (`failed.edit_enabled`).
+    EditDisabled,
 }
 
 impl ErrorCode {
@@ -71,7 +73,7 @@ impl ErrorCode {
         match self {
             Self::InvalidJson | Self::InvalidBody => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::EditDisabled => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,

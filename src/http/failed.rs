@@ -1,5 +1,5 @@
 //! Failed messages: list (paginated, filtered), show, retry one now, retry in bulk by filter,
-//! delete. Database trouble answers 503 `database_unavailable`, never a 500.
+//! delete, edit and retry. Database trouble answers 503 `database_unavailable`, never a 500.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +23,7 @@ use super::{
     error::{ApiError, ErrorBody, ErrorCode, stored},
 };
 use crate::{
+    edit, fingerprint,
     settings::Scope,
     store::failed_messages::{self, Filter, Status},
 };
@@ -65,6 +66,13 @@ pub fn parse_query(pairs: &[(String, String)], paginated: bool) -> Result<ListQu
             "routing_key" => query.filter.routing_key = text(key, value, &mut fields),
             "queue" => query.filter.queue = text(key, value, &mut fields),
             "q" => query.filter.q = text(key, value, &mut fields),
+            "fingerprint" if fingerprint::is_fingerprint(value) => query.filter.fingerprint = Some(value.clone()),
+            "fingerprint" => {
+                fields.insert(
+                    key.clone(),
+                    format!("must be {} lowercase hex digits", fingerprint::LEN),
+                );
+            }
             "from" | "to" => match parse_time(value) {
                 Some(time) if key == "from" => query.filter.from = Some(time),
                 Some(time) => query.filter.to = Some(time),
@@ -147,6 +155,7 @@ pub(super) fn pool(state: &AppState) -> Result<&sqlx::MySqlPool, ApiError> {
         ("from" = Option<String>, Query, description = "failed_at >= (RFC 3339 or YYYY-MM-DD)"),
         ("to" = Option<String>, Query, description = "failed_at <= (RFC 3339 or YYYY-MM-DD)"),
         ("q" = Option<String>, Query, description = "substring of message_id, payload or error"),
+        ("fingerprint" = Option<String>, Query, description = "one failure group: 16 lowercase hex digits"),
         ("page" = Option<u32>, Query), ("per_page" = Option<u32>, Query, description = "1 to 100, default 15"),
     ),
     responses(
@@ -225,6 +234,7 @@ pub async fn retry_one(
     params(
         ("status" = Option<String>, Query), ("exchange" = Option<String>, Query), ("routing_key" = Option<String>, Query),
         ("queue" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("q" = Option<String>, Query),
+        ("fingerprint" = Option<String>, Query, description = "one failure group: 16 lowercase hex digits"),
     ),
     responses((status = 200, description = "{queued: N}: every pending or failed row matching is due now"),
         (status = 400, body = ErrorBody, description = "invalid_json"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -238,11 +248,25 @@ pub async fn retry_matching(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
+    let pairs = filter_pairs(&state, query, &headers, body)?;
+    let query = parse_query(&pairs, false).map_err(ApiError::validation)?;
+    let queued = stored(failed_messages::make_due(pool(&state)?, &query.filter).await)?;
+    info!(client = %client.name, queued, filter = ?query.filter, "Bulk retry queued.");
+    Ok(Json(json!({ "queued": queued })))
+}
+
+/// The filters of a bulk action: the query string's, and those of a JSON object body
+/// (`{"exchange": "orders_exchange", "from": "..."}`) when there is one.
+pub(super) fn filter_pairs(
+    state: &AppState,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<(String, String)>, ApiError> {
     let mut pairs = query_pairs(query)?;
-    // The filters may also come as a JSON object body: {"exchange": "orders_exchange", "from": "..."}.
     let has_body = body.as_ref().is_ok_and(|b| !b.iter().all(u8::is_ascii_whitespace));
     if has_body || body.is_err() {
-        let Value::Object(map) = json_body(&headers, body, state.settings.app.max_body_bytes)? else {
+        let Value::Object(map) = json_body(headers, body, state.settings.app.max_body_bytes)? else {
             return Err(ApiError::new(
                 ErrorCode::InvalidJson,
                 "The body must be a JSON object of filters.",
@@ -256,10 +280,7 @@ pub async fn retry_matching(
             pairs.push((key, value));
         }
     }
-    let query = parse_query(&pairs, false).map_err(ApiError::validation)?;
-    let queued = stored(failed_messages::make_due(pool(&state)?, &query.filter).await)?;
-    info!(client = %client.name, queued, filter = ?query.filter, "Bulk retry queued.");
-    Ok(Json(json!({ "queued": queued })))
+    Ok(pairs)
 }
 
 #[utoipa::path(delete, path = "/api/messages/failed/{id}", operation_id = "delete_failed_message", tag = "failed messages", security(("bearer" = [])),
@@ -278,6 +299,48 @@ pub async fn delete(
     }
     info!(client = %client.name, id, "Failed message deleted.");
     Ok(Json(json!({ "message": format!("Failed message {id} deleted.") })))
+}
+
+#[utoipa::path(post, path = "/api/messages/failed/{id}/edit-retry", operation_id = "edit_and_retry_failed_message", tag = "failed messages", security(("bearer" = [])),
+    params(("id" = u64, Path)),
+    request_body(content = Object, description = "{\"payload\": <any JSON: the copy's body>, \"headers\": {\"name\": string | integer | boolean | null (removes it)}?}. x- and mb- headers, message_id and published-by cannot be edited."),
+    responses((status = 200, description = "The original row after: resolved, `edited_to` = the copy's message_id; the copy carries `mb-edit-of` = the original's message_id"),
+        (status = 400, body = ErrorBody, description = "invalid_json"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "forbidden (scope), edit_disabled (failed.edit_enabled is off)"),
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "already_resolved, retry_in_progress (another edit or retry holds the row)"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "validation_failed (fields name each locked or bad header), unroutable"),
+        (status = 503, body = ErrorBody, description = "queue_full, broker_unavailable (the original is back as it was), database_unavailable")))]
+pub async fn edit_retry(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    client.require(Scope::Operate)?;
+    if !state.settings.failed.edit_enabled {
+        return Err(ApiError::new(
+            ErrorCode::EditDisabled,
+            "Edit and retry is turned off on this service (failed.edit_enabled).",
+        ));
+    }
+    let id = path_id(id)?;
+    let edit =
+        edit::parse(json_body(&headers, body, state.settings.app.max_body_bytes)?).map_err(ApiError::validation)?;
+    let retrier = state
+        .retrier
+        .as_ref()
+        .ok_or_else(|| ApiError::broker_unavailable("This process cannot republish."))?;
+    let copy_id = super::publish::new_message_id();
+    match stored(retrier.edit_and_retry(id, &edit, copy_id, &client.name).await)? {
+        Ok((row, outcome)) => match ApiError::from_publish(&outcome, &row.exchange, &row.routing_key) {
+            None => Ok(Json(json!(row))),
+            Some(err) => Err(err),
+        },
+        Err(refusal) => Err(ApiError::from_claim(refusal, id)),
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +366,8 @@ mod tests {
         assert_eq!(q.filter.status, Some(Status::Failed));
         assert_eq!(q.filter.from.unwrap().to_rfc3339(), "2026-11-01T00:00:00+00:00");
         assert_eq!((q.page, q.per_page), (1, 50));
+        let q = parse_query(&pairs(&[("fingerprint", "0123456789abcdef")]), false).unwrap();
+        assert_eq!(q.filter.fingerprint.as_deref(), Some("0123456789abcdef"));
     }
 
     #[test]
@@ -315,12 +380,16 @@ mod tests {
                 ("to", "soon"),
                 ("color", "red"),
                 ("q", ""),
+                ("fingerprint", "0123456789ABCDEF"),
             ]),
             true,
         )
         .unwrap_err();
         let keys: Vec<&str> = err.keys().map(String::as_str).collect();
-        assert_eq!(keys, vec!["color", "page", "per_page", "q", "status", "to"]);
+        assert_eq!(
+            keys,
+            vec!["color", "fingerprint", "page", "per_page", "q", "status", "to"]
+        );
         let err = parse_query(&pairs(&[("from", "2026-11-02"), ("to", "2026-11-01")]), true).unwrap_err();
         assert!(err.contains_key("from"));
         // The bulk retry takes no pagination.

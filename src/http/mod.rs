@@ -5,6 +5,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod failed;
+pub mod failure_groups;
 pub mod idempotency;
 pub mod openapi;
 pub mod probes;
@@ -157,6 +158,16 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/api/messages/failed/retry", post(failed::retry_matching))
         .route("/api/messages/failed/{id}", get(failed::show).delete(failed::delete))
         .route("/api/messages/retry/{id}", post(failed::retry_one))
+        .route("/api/messages/failed/groups", get(failure_groups::list))
+        .route(
+            "/api/messages/failed/groups/{fingerprint}/retry",
+            post(failure_groups::retry),
+        )
+        .route(
+            "/api/messages/failed/groups/{fingerprint}/delete",
+            post(failure_groups::delete),
+        )
+        .route("/api/messages/failed/{id}/edit-retry", post(failed::edit_retry))
         .route("/api/messages/scheduled", get(scheduled::list))
         .route("/api/messages/scheduled/{id}", delete(scheduled::cancel))
         .route("/api/replays", get(replays::list).post(replays::create))

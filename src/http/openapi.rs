@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{error, failed, probes, publish, queues, replays, request, scheduled, topology};
+use super::{error, failed, failure_groups, probes, publish, queues, replays, request, scheduled, topology};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use super::{error, failed, probes, publish, queues, replays, request, scheduled,
         failed::list, failed::show, failed::retry_one, failed::retry_matching, failed::delete,
         queues::list, queues::stats, queues::purge, scheduled::list, scheduled::cancel,
         replays::create, replays::list, replays::show, replays::cancel,
+        failure_groups::list, failure_groups::retry, failure_groups::delete, failed::edit_retry,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorCode, probes::Health, probes::Readiness,

@@ -494,7 +494,7 @@ pub(super) fn outgoing(
 
 /// A UUIDv7: time-ordered, so message_logs' unique index grows at its end instead of at random
 /// pages; its 74 random bits come from fastrand (no system call per message).
-fn new_message_id() -> String {
+pub(crate) fn new_message_id() -> String {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64);

@@ -13,6 +13,7 @@ mod app;
 mod auth;
 mod console;
 mod database;
+mod failed;
 mod publish;
 mod rabbitmq;
 mod replay;
@@ -26,6 +27,7 @@ pub use app::{AppSettings, LogFormat};
 pub use auth::{AuthSettings, ClientSettings, Scope};
 pub use console::ConsoleSettings;
 pub use database::{DatabaseSettings, SslMode};
+pub use failed::FailedSettings;
 pub use publish::PublishSettings;
 pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
 pub use replay::ReplaySettings;
@@ -84,6 +86,7 @@ pub struct Settings {
     pub scheduling: SchedulingSettings,
     pub retention: RetentionSettings,
     pub replay: ReplaySettings,
+    pub failed: FailedSettings,
     pub auth: AuthSettings,
     pub console: ConsoleSettings,
     pub topology: TopologySettings,

@@ -18,7 +18,7 @@ use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Worker, applier::TopologyState};
+use super::{Worker, applier::TopologyState, ticker};
 use crate::{
     amqp::{
         connection::{Link, LinkReceiver, wait_for_link},
@@ -30,11 +30,19 @@ use crate::{
     settings::Settings,
     shared::Shared,
     store::{
+        StoreError,
         failed_messages::{self, NewFailedMessage, PayloadEncoding, Status},
         message_logs,
     },
     topology::{QueueRole, Topology},
 };
+
+/// Rows per fingerprint backfill statement.
+const BACKFILL_BATCH: u32 = 500;
+
+/// How often the ingester looks again for rows without a current fingerprint: one index lookup
+/// when there are none.
+const BACKFILL_EVERY: Duration = Duration::from_secs(300);
 
 /// Headers a failing consumer may set to say why (the first one present is used).
 const ERROR_HEADERS: [&str; 4] = ["x-error", "x-exception-message", "error", "error_message"];
@@ -240,27 +248,70 @@ impl Ingester {
     }
 }
 
-impl Worker for Ingester {
-    fn name(&self) -> &'static str {
-        "ingester"
+impl Ingester {
+    /// A step: fingerprints, batch after batch, every row that has none or one of an older
+    /// algorithm version (rows stored before failure groups existed, or by an older replica
+    /// during a rolling update). Returns how many rows it computed.
+    pub async fn backfill_fingerprints(&self, cancel: &CancellationToken) -> Result<u64, StoreError> {
+        let mut done = 0;
+        while !cancel.is_cancelled() {
+            let batch = failed_messages::backfill_fingerprints(&self.pool, BACKFILL_BATCH).await?;
+            done += batch;
+            if batch < u64::from(BACKFILL_BATCH) {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    async fn backfill_sweep(&self, cancel: &CancellationToken) {
+        match self.backfill_fingerprints(cancel).await {
+            Ok(0) => {}
+            Ok(rows) => info!(rows, "Fingerprints computed for failed messages that had none."),
+            Err(err) => {
+                warn!(error = %err, "Cannot compute the fingerprints of older failed messages; will try on the next sweep.")
+            }
+        }
     }
 
     /// Per connection, one consumer task per dead-letter queue.
-    async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+    async fn ingest(&mut self, cancel: &CancellationToken) -> anyhow::Result<()> {
         loop {
-            let Some(link) = wait_for_link(&mut self.link, &cancel).await else {
+            let Some(link) = wait_for_link(&mut self.link, cancel).await else {
                 return Ok(());
             };
-            match self.wait_until_ready(&cancel).await {
+            match self.wait_until_ready(cancel).await {
                 None => return Ok(()),
                 Some(false) => continue,
                 Some(true) => {}
             }
             self.link.mark_unchanged();
-            self.ingest_on(&link, &cancel).await?;
+            self.ingest_on(&link, cancel).await?;
             if cancel.is_cancelled() {
                 return Ok(());
             }
+        }
+    }
+}
+
+impl Worker for Ingester {
+    fn name(&self) -> &'static str {
+        "ingester"
+    }
+
+    /// Ingestion, and beside it the fingerprint backfill: at start (once migrated), then every
+    /// [`BACKFILL_EVERY`]. In this role rather than in the migrations: it runs off the start path
+    /// (readiness never waits for a large table), in the role that writes fingerprints anyway,
+    /// and again later for rows an older replica still wrote during a rolling update.
+    async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let backfill = self.clone();
+        let sweeps = ticker::scan_periodically(BACKFILL_EVERY, self.db_migrated.clone(), &cancel, || {
+            backfill.backfill_sweep(&cancel)
+        });
+        tokio::select! {
+            ingested = self.ingest(&cancel) => ingested,
+            // Ends only when cancelled or when its schedule fails.
+            swept = sweeps => swept,
         }
     }
 }

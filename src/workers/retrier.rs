@@ -18,6 +18,7 @@ use crate::{
         headers,
         publisher::{OutgoingMessage, PublishOutcome, Publisher},
     },
+    edit::{self, Edit},
     metrics::Metrics,
     retry::{self, RETRY_COUNT_HEADER},
     settings::Settings,
@@ -83,6 +84,37 @@ impl Retrier {
             .await?
             .ok_or(ClaimRefusal::NotFound);
         Ok(row.map(|row| (row, report.resolved == 1)))
+    }
+
+    /// Edit and retry: publishes an edited copy of row `id` under `message_id` in place of the
+    /// original, which becomes `resolved` (pointing at the copy) only once the broker confirmed
+    /// the copy; otherwise it goes back to its status before. Returns the row after, and what
+    /// the broker did with the copy.
+    pub async fn edit_and_retry(
+        &self,
+        id: u64,
+        edit: &Edit,
+        message_id: String,
+        editor: &str,
+    ) -> Result<Result<(FailedMessage, PublishOutcome), ClaimRefusal>, StoreError> {
+        let (claimed, before) = match failed_messages::claim_for_edit(&self.pool, id).await? {
+            Ok(claim) => claim,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let copy = Arc::new(edit::copy(&claimed, edit, message_id, editor));
+        let outcome = self.publisher.publish(copy.clone()).await;
+        if outcome == PublishOutcome::Confirmed {
+            failed_messages::mark_edited(&self.pool, &claimed, &copy.message_id).await?;
+            self.metrics.retries_total.with_label_values(&["edited"]).inc();
+            info!(id, message_id = %claimed.message_id, copy = %copy.message_id, editor, "Edited copy of a failed message published.");
+        } else {
+            failed_messages::unclaim(&self.pool, &claimed, before).await?;
+            warn!(id, message_id = %claimed.message_id, ?outcome, "Edited copy not confirmed by the broker; the original is back as it was.");
+        }
+        let row = failed_messages::find(&self.pool, id)
+            .await?
+            .ok_or(ClaimRefusal::NotFound);
+        Ok(row.map(|row| (row, outcome)))
     }
 
     async fn republish(&self, claimed: Vec<Claimed>) -> Result<RetryReport, StoreError> {

@@ -408,57 +408,166 @@ async fn message_page_escapes_payloads_and_acts_by_scope_with_csrf_checks() {
 }
 
 #[tokio::test]
-async fn failures_filter_page_and_bulk_retry_after_confirmation() {
+async fn failures_groups_rows_and_bulk_actions_after_confirmation() {
     let env = TestEnv::new("console_failures").await;
     let app = env.spawn().await;
     app.wait_ready().await;
     for n in 0..3 {
         failed_order(&env, &app, json!({"order_id": n})).await;
     }
+    let pool = app.app.state.pool.clone().unwrap();
     let mut admin = Browser::new(&app);
     admin.login(ADMIN_TOKEN).await;
     let queue = env.name("orders_queue");
-    let list = admin
+    let groups = admin
         .get(&format!("/console/failures?status=pending&queue={queue}&exchange=&q="))
         .await;
-    assert_eq!(list.status, 200, "{}", list.html);
-    assert!(list.html.contains("3 message(s) match."), "{}", list.html);
+    assert_eq!(groups.status, 200, "{}", groups.html);
+    assert!(
+        groups.html.contains("1 group(s) match."),
+        "three orders rejected alike: {}",
+        groups.html
+    );
+    let fingerprint: String = sqlx::query_scalar("SELECT MIN(fingerprint) FROM failed_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        groups.html.contains(&format!("/console/failures/{fingerprint}?")),
+        "{}",
+        groups.html
+    );
+    let rows = admin
+        .get(&format!("/console/failures/{fingerprint}?status=pending"))
+        .await;
+    assert_eq!(rows.status, 200, "{}", rows.html);
+    assert!(rows.html.contains("3 message(s) match."), "{}", rows.html);
+    assert_eq!(
+        admin.get("/console/failures/not-a-fingerprint").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
     let bad = admin.get("/console/failures?status=archived").await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.html.contains("status: must be one of"));
 
     let confirm = admin
         .get(&format!(
-            "/console/failures/confirm?action=retry&status=pending&queue={queue}"
+            "/console/failures/confirm?action=retry&status=pending&fingerprint={fingerprint}"
         ))
         .await;
     assert_eq!(confirm.status, 200, "{}", confirm.html);
     assert!(confirm.html.contains("Retry 3 message(s)?"), "{}", confirm.html);
     let done = admin
-        .submit("/console/failures/retry", &format!("status=pending&queue={queue}"))
+        .submit(
+            "/console/failures/retry",
+            &format!("status=pending&fingerprint={fingerprint}"),
+        )
         .await;
     assert!(done.html.contains("Queued 3 message(s) for retry."), "{}", done.html);
     let due: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM failed_messages WHERE next_retry_at <= UTC_TIMESTAMP(6)")
-        .fetch_one(app.app.state.pool.as_ref().unwrap())
+        .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(due, 3);
 
     let mut reader = Browser::new(&app);
     reader.login(READER_TOKEN).await;
+    let page = reader.get("/console/failures").await;
     assert!(
-        !reader
-            .get("/console/failures")
-            .await
-            .html
-            .contains("Retry the matching")
+        !page.html.contains("Retry…") && !page.html.contains("Delete…"),
+        "a reader sees no actions"
     );
     assert_eq!(
-        reader.get("/console/failures/confirm?status=pending").await.status,
+        reader.get("/console/failures/confirm?action=retry").await.status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        reader.post("/console/failures/retry", "status=pending").await.status,
+        reader.post("/console/failures/delete", "status=pending").await.status,
         StatusCode::FORBIDDEN
     );
+
+    let confirm = admin
+        .get(&format!(
+            "/console/failures/confirm?action=delete&fingerprint={fingerprint}"
+        ))
+        .await;
+    assert!(confirm.html.contains("Delete 3 message(s)?"), "{}", confirm.html);
+    let deleted = admin
+        .submit("/console/failures/delete", &format!("fingerprint={fingerprint}"))
+        .await;
+    assert!(deleted.html.contains("Deleted 3 message(s)."), "{}", deleted.html);
+    assert!(deleted.html.contains("0 group(s) match."), "{}", deleted.html);
+}
+
+/// The browser walk of scripts/console_browser.py (Chromium, playwright, axe-core) against the
+/// service running the shipped topology in a vhost of its own, then the copy checked in the queue.
+#[tokio::test]
+async fn browser_walks_through_a_failure() {
+    let mut env = TestEnv::new("console_browser").await;
+    env.with_shipped_topology().await;
+    env.settings.stats.interval = Duration::from_millis(500);
+    env.settings.failed.edit_enabled = true;
+    let app = env.spawn().await;
+    app.wait_ready().await;
+    let queues = app
+        .app
+        .state
+        .topology
+        .queues
+        .iter()
+        .filter(|q| !q.is_dead_letter())
+        .count();
+    assert_eq!(queues, 11, "the shipped topology has the seed's 11 service queues");
+
+    let body = json!({"exchange": "orders_exchange", "routing_key": "orders.created",
+        "message": {"event": "order.created", "data": {"order_id": 4242, "note": "<script>alert(1)</script>"}}});
+    assert_eq!(app.post_json("/api/messages/publish", &body).await.status(), 201);
+    assert_eq!(reject_all(&env.settings, "orders_queue").await, 1);
+    let pool = app.app.state.pool.clone().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM failed_messages")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == 1
+        })
+        .await
+    );
+
+    let screenshots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/console_browser.py");
+    let (base, shots, count) = (app.base.clone(), screenshots.clone(), queues.to_string());
+    // The walk takes seconds of blocking work: off the runtime, so the app keeps serving.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args([
+                "--base",
+                &base,
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--reader-token",
+                READER_TOKEN,
+            ])
+            .args(["--queues", &count, "--screenshots", shots.to_str().unwrap()])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs (scripts/setup.sh installs chromium, playwright and axe-playwright-python)");
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "browser walk failed:\n{log}");
+    println!("{log}screenshots in {}", screenshots.display());
+
+    let delivered = drain(&env.settings, "orders_queue").await;
+    assert_eq!(delivered.len(), 1, "the edited copy is in the queue");
+    let copy: Value = serde_json::from_slice(&delivered[0].data).unwrap();
+    assert_eq!(copy["data"]["order_id"], 4243, "{copy}");
+    let headers = delivered[0].properties.headers().clone().unwrap_or_default();
+    assert!(headers.inner().contains_key("mb-edit-of"), "{headers:?}");
 }

@@ -1,9 +1,11 @@
-//! `/console/failures`: the failed messages, filtered by every filter of the API, paged; bulk
-//! retry of the filtered set behind a confirmation page that repeats the count.
+//! `/console/failures`: the failure groups (same queue, event and error once ids and numbers are
+//! set aside), then `/console/failures/{fingerprint}`: one group's messages. Every filter of the
+//! API, paged; bulk retry and delete of the filtered set behind a confirmation page that repeats
+//! the count.
 
 use axum::{
     Form,
-    extract::{Query, State, rejection::QueryRejection},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::StatusCode,
     response::{Html, IntoResponse, Response},
 };
@@ -29,7 +31,16 @@ use crate::{
 };
 
 /// The filters of the page's form, in the API's names.
-const FILTERS: [&str; 7] = ["status", "queue", "exchange", "routing_key", "from", "to", "q"];
+const FILTERS: [&str; 8] = [
+    "status",
+    "queue",
+    "exchange",
+    "routing_key",
+    "from",
+    "to",
+    "q",
+    "fingerprint",
+];
 
 /// The query's filters without the empty fields a GET form sends, each checked like the API's.
 fn filters(
@@ -69,7 +80,7 @@ fn value<'a>(pairs: &'a [(String, String)], key: &str) -> &'a str {
     pairs.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str())
 }
 
-pub async fn list(
+pub async fn groups(
     State(state): State<AppState>,
     Operator(client): Operator,
     Flash(flash): Flash,
@@ -81,14 +92,14 @@ pub async fn list(
             StatusCode::UNPROCESSABLE_ENTITY,
             html! { p.error role="alert" { "Bad filter: " (message) } },
         ),
-        Ok(query) => match rows(&state, &client, &pairs, &query).await {
+        Ok(query) => match group_table(&state, &client, &pairs, &query).await {
             Ok(markup) => (StatusCode::OK, markup),
             Err(err) => return api_error_page(&client, err),
         },
     };
     let body = html! {
         h1 { "Failures" }
-        (filter_form(&state, &pairs))
+        (filter_form(&state, &pairs, "/console/failures"))
         (results)
     };
     (
@@ -98,11 +109,117 @@ pub async fn list(
         .into_response()
 }
 
-fn filter_form(state: &AppState, pairs: &[(String, String)]) -> Markup {
+/// One group's messages: the list filters plus the group's fingerprint.
+pub async fn group(
+    State(state): State<AppState>,
+    Operator(client): Operator,
+    Flash(flash): Flash,
+    Path(fingerprint): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let (mut pairs, _) = filters(query);
+    pairs.retain(|(k, _)| k != "fingerprint");
+    pairs.push(("fingerprint".into(), fingerprint.clone()));
+    let parsed = parse_query(&pairs, true).map_err(|fields| {
+        fields
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    let (status, results) = match parsed {
+        Err(message) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            html! { p.error role="alert" { "Bad filter: " (message) } },
+        ),
+        Ok(query) => match rows(&state, &client, &pairs, &query).await {
+            Ok(markup) => (StatusCode::OK, markup),
+            Err(err) => return api_error_page(&client, err),
+        },
+    };
+    let body = html! {
+        h1 { "Failure group " code { (fingerprint) } }
+        p { a href="/console/failures" { "← All groups" } }
+        (filter_form(&state, &pairs, &format!("/console/failures/{fingerprint}")))
+        (results)
+    };
+    (
+        status,
+        Html(page("Failure group", Some(&client), flash.as_deref(), body).into_string()),
+    )
+        .into_response()
+}
+
+async fn group_table(
+    state: &AppState,
+    client: &Client,
+    pairs: &[(String, String)],
+    query: &ListQuery,
+) -> Result<Markup, ApiError> {
+    let pool = super::pool(state)?;
+    let (groups, total) = stored(failed_messages::groups(pool, &query.filter, query.page, query.per_page).await)?;
+    let last_page = total.div_ceil(u64::from(query.per_page)).max(1);
+    let filters = encoded(pairs, &["page", "per_page"]);
+    let can_act = client.has_scope(Scope::Operate);
+    Ok(html! {
+        p.meta { (count(total)) " group(s) match." }
+        table {
+            caption { "Failure groups, most recently failing first (page " (query.page) " of " (last_page) ")" }
+            thead { tr {
+                th scope="col" .num { "Messages" } th scope="col" { "Queue" } th scope="col" { "Event" }
+                th scope="col" { "Error (example)" } th scope="col" .num { "Pending" } th scope="col" .num { "Failed" }
+                th scope="col" .num { "Resolved" } th scope="col" { "First" } th scope="col" { "Last" }
+                @if can_act { th scope="col" { "Actions" } }
+            } }
+            tbody { @for g in &groups {
+                @let group_filters = with_fingerprint(pairs, &g.fingerprint);
+                tr {
+                    th scope="row" .num { a href={ "/console/failures/" (g.fingerprint) "?" (encoded(pairs, &["page", "per_page", "fingerprint"])) }
+                        aria-label={ (g.count) " messages of group " (g.error_pattern) } { (count(g.count)) } }
+                    td { (g.queue) }
+                    td { (g.event.as_deref().unwrap_or("–")) }
+                    td.error { (g.example_error.as_deref().unwrap_or(&g.error_pattern)) }
+                    td.num { (count(g.counts.pending + g.counts.retrying)) }
+                    td.num { (count(g.counts.failed)) }
+                    td.num { (count(g.counts.resolved)) }
+                    td { (time(g.first_seen)) }
+                    td { (time(g.last_seen)) }
+                    @if can_act { td {
+                        a href={ "/console/failures/confirm?action=retry&" (group_filters) } { "Retry…" } " "
+                        a href={ "/console/failures/confirm?action=delete&" (group_filters) } { "Delete…" }
+                    } }
+                }
+            } }
+        }
+        (pages("/console/failures", &filters, query.page, last_page))
+    })
+}
+
+/// The filters of `pairs` for one group's actions.
+fn with_fingerprint(pairs: &[(String, String)], fingerprint: &str) -> String {
+    let mut pairs: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| FILTERS.contains(&k.as_str()) && k != "fingerprint")
+        .cloned()
+        .collect();
+    pairs.push(("fingerprint".into(), fingerprint.to_owned()));
+    encoded(&pairs, &[])
+}
+
+fn pages(path: &str, filters: &str, page: u32, last_page: u64) -> Markup {
+    html! {
+        nav.pages aria-label="Pages" {
+            @if page > 1 { a rel="prev" href={ (path) "?" (filters) "&page=" (page - 1) } { "← Newer" } }
+            @if u64::from(page) < last_page { a rel="next" href={ (path) "?" (filters) "&page=" (page + 1) } { "Older →" } }
+        }
+    }
+}
+
+fn filter_form(state: &AppState, pairs: &[(String, String)], action: &str) -> Markup {
     let status = value(pairs, "status");
     let queue = value(pairs, "queue");
     html! {
-        form.filters method="get" action="/console/failures" {
+        form.filters method="get" action=(action) {
             label { "Status "
                 select name="status" {
                     option value="" selected[status.is_empty()] { "any" }
@@ -144,6 +261,7 @@ async fn rows(
         @if client.has_scope(Scope::Operate) && total > 0 {
             div.actions {
                 a.button href={ "/console/failures/confirm?action=retry&" (filters) } { "Retry the matching messages…" }
+                a.button.danger href={ "/console/failures/confirm?action=delete&" (filters) } { "Delete the matching messages…" }
             }
         }
         table {
@@ -164,11 +282,48 @@ async fn rows(
                 }
             } }
         }
-        nav.pages aria-label="Pages" {
-            @if query.page > 1 { a rel="prev" href={ "/console/failures?" (filters) "&page=" (query.page - 1) } { "← Newer" } }
-            @if u64::from(query.page) < last_page { a rel="next" href={ "/console/failures?" (filters) "&page=" (query.page + 1) } { "Older →" } }
-        }
+        (pages(&format!("/console/failures/{}", value(pairs, "fingerprint")), &encoded(pairs, &["page", "per_page", "fingerprint"]), query.page, last_page))
     })
+}
+
+/// A bulk action on the filtered set.
+#[derive(Clone, Copy, PartialEq)]
+enum Bulk {
+    Retry,
+    Delete,
+}
+
+impl Bulk {
+    fn parse(pairs: &[(String, String)]) -> Option<Self> {
+        match value(pairs, "action") {
+            "retry" => Some(Self::Retry),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Retry => "Retry",
+            Self::Delete => "Delete",
+        }
+    }
+}
+
+/// The checked filters of a bulk action's query or form (other fields are ignored).
+fn bulk_filters(pairs: Vec<(String, String)>) -> Result<(Vec<(String, String)>, ListQuery), String> {
+    let pairs: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(k, v)| FILTERS.contains(&k.as_str()) && !v.is_empty())
+        .collect();
+    let query = parse_query(&pairs, false).map_err(|fields| {
+        fields
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    Ok((pairs, query))
 }
 
 /// The confirmation page of a bulk action: the count it will touch and the filters spelled out.
@@ -180,31 +335,55 @@ pub async fn confirm(
     if let Err(err) = client.require(Scope::Operate) {
         return api_error_page(&client, err);
     }
-    let (mut pairs, _) = filters(query);
-    pairs.retain(|(k, _)| FILTERS.contains(&k.as_str()));
-    let query = match parse_query(&pairs, false) {
-        Ok(query) => query,
-        Err(_) => return error_page(StatusCode::UNPROCESSABLE_ENTITY, Some(&client), "Bad filter."),
+    let raw = query.map(|Query(pairs)| pairs).unwrap_or_default();
+    let Some(action) = Bulk::parse(&raw) else {
+        return error_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(&client),
+            "Unknown action: retry or delete.",
+        );
     };
-    let retryable = match super::pool(&state) {
-        Ok(pool) => stored(failed_messages::count_retryable(pool, &query.filter).await),
+    let (pairs, query) = match bulk_filters(raw) {
+        Ok(checked) => checked,
+        Err(message) => {
+            return error_page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(&client),
+                &format!("Bad filter: {message}"),
+            );
+        }
+    };
+    let touched = match super::pool(&state) {
+        Ok(pool) => match action {
+            Bulk::Retry => stored(failed_messages::count_retryable(pool, &query.filter).await),
+            Bulk::Delete => stored(failed_messages::list(pool, &query.filter, 1, 1).await).map(|(_, total)| total),
+        },
         Err(err) => Err(err),
     };
-    let retryable = match retryable {
+    let touched = match touched {
         Ok(n) => n,
         Err(err) => return api_error_page(&client, err),
     };
+    let verb = action.verb();
+    let path = if action == Bulk::Retry {
+        "/console/failures/retry"
+    } else {
+        "/console/failures/delete"
+    };
     let body = html! {
-        h1 { "Retry " (count(retryable)) " message(s)?" }
-        p { "Every pending or failed message matching these filters becomes due now; the retrier republishes them on its next scan." }
+        h1 { (verb) " " (count(touched)) " message(s)?" }
+        @match action {
+            Bulk::Retry => p { "Every pending or failed message matching these filters becomes due now; the retrier republishes them on its next scan." },
+            Bulk::Delete => p { "Every message matching these filters, whatever its status, is deleted from the database for good." },
+        }
         (spelled_out(&pairs))
-        form method="post" action="/console/failures/retry" {
+        form method="post" action=(path) {
             @for (key, value) in &pairs { input type="hidden" name=(key) value=(value); }
-            button type="submit" { "Retry " (count(retryable)) " message(s)" }
+            button.danger[action == Bulk::Delete] type="submit" { (verb) " " (count(touched)) " message(s)" }
             " " a href={ "/console/failures?" (encoded(&pairs, &[])) } { "Cancel" }
         }
     };
-    Html(page("Confirm retry", Some(&client), None, body).into_string()).into_response()
+    Html(page(&format!("Confirm: {}", verb.to_lowercase()), Some(&client), None, body).into_string()).into_response()
 }
 
 fn spelled_out(pairs: &[(String, String)]) -> Markup {
@@ -219,29 +398,50 @@ pub async fn retry(
     Operator(client): Operator,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
+    bulk(state, client, Bulk::Retry, pairs).await
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Operator(client): Operator,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    bulk(state, client, Bulk::Delete, pairs).await
+}
+
+async fn bulk(state: AppState, client: std::sync::Arc<Client>, action: Bulk, pairs: Vec<(String, String)>) -> Response {
     if let Err(err) = client.require(Scope::Operate) {
         return api_error_page(&client, err);
     }
-    let pairs: Vec<(String, String)> = pairs
-        .into_iter()
-        .filter(|(k, v)| FILTERS.contains(&k.as_str()) && !v.is_empty())
-        .collect();
-    let query = match parse_query(&pairs, false) {
-        Ok(query) => query,
-        Err(_) => return error_page(StatusCode::UNPROCESSABLE_ENTITY, Some(&client), "Bad filter."),
+    let (pairs, query) = match bulk_filters(pairs) {
+        Ok(checked) => checked,
+        Err(message) => {
+            return error_page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(&client),
+                &format!("Bad filter: {message}"),
+            );
+        }
     };
-    let queued = match super::pool(&state) {
-        Ok(pool) => stored(failed_messages::make_due(pool, &query.filter).await),
+    let done = match super::pool(&state) {
+        Ok(pool) => match action {
+            Bulk::Retry => stored(failed_messages::make_due(pool, &query.filter).await),
+            Bulk::Delete => stored(failed_messages::delete_matching(pool, &query.filter).await),
+        },
         Err(err) => Err(err),
     };
-    match queued {
-        Ok(queued) => {
-            info!(client = %client.name, queued, filter = ?query.filter, "Bulk retry queued from the console.");
-            see_other(
-                &state,
-                &format!("/console/failures?{}", encoded(&pairs, &[])),
-                &format!("Queued {} message(s) for retry.", count(queued)),
-            )
+    match done {
+        Ok(n) => {
+            info!(client = %client.name, count = n, action = action.verb(), filter = ?query.filter, "Bulk action from the console.");
+            let flash = match action {
+                Bulk::Retry => format!("Queued {} message(s) for retry.", count(n)),
+                Bulk::Delete => format!("Deleted {} message(s).", count(n)),
+            };
+            let back: Vec<(String, String)> = pairs
+                .into_iter()
+                .filter(|(k, _)| action == Bulk::Retry || k != "fingerprint")
+                .collect();
+            see_other(&state, &format!("/console/failures?{}", encoded(&back, &[])), &flash)
         }
         Err(err) => api_error_page(&client, err),
     }

@@ -1,13 +1,16 @@
 //! `/console/messages/{id}`: one failed message: what failed, the payload and headers as text,
-//! its deaths and retries; retry, delete (scope `operate`).
+//! its deaths and retries, its edited copy or original; retry, delete, edit and retry (scope
+//! `operate`; editing also needs `failed.edit_enabled`).
 
 use axum::{
-    extract::{Path, State},
+    Form,
+    extract::{Path, State, rejection::FormRejection},
     http::StatusCode,
     response::{Html, IntoResponse, Response},
 };
 use maud::{Markup, html};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use tracing::info;
 
 use super::{
@@ -17,9 +20,12 @@ use super::{
     session::{Flash, Operator},
 };
 use crate::{
+    edit,
     http::{
         AppState,
+        auth::Client,
         error::{ApiError, stored},
+        publish::new_message_id,
     },
     settings::Scope,
     store::failed_messages::{self, FailedMessage, Status},
@@ -45,11 +51,33 @@ pub async fn show(
             &format!("No failed message `{raw}`."),
         );
     };
-    let row = match load(&state, id).await {
+    render(&state, &client, id, flash.as_deref(), None).await
+}
+
+/// A refused edit: the text as typed and why.
+struct Refused<'a> {
+    text: &'a str,
+    error: &'a str,
+}
+
+async fn render(
+    state: &AppState,
+    client: &Client,
+    id: u64,
+    flash: Option<&str>,
+    refused: Option<Refused<'_>>,
+) -> Response {
+    let row = match load(state, id).await {
         Ok(row) => row,
-        Err(err) => return api_error_page(&client, err),
+        Err(err) => return api_error_page(client, err),
     };
-    let can_act = client.has_scope(Scope::Operate);
+    let can_act = client.has_scope(Scope::Operate) && row.status != Status::Resolved && row.status != Status::Retrying;
+    let can_edit = can_act && state.settings.failed.edit_enabled;
+    let status = if refused.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
     let body = html! {
         h1 { (event_of(&row).unwrap_or("Failed message")) " " small { "#" (row.id) } }
         p.meta {
@@ -61,17 +89,40 @@ pub async fn show(
         p { "Failed " (time(row.failed_at)) ": " span.error { (row.error_message.as_deref().unwrap_or("no reason recorded")) } }
         dl.facts {
             dt { "message_id" } dd { code { (row.message_id) } }
+            @if let Some(fingerprint) = &row.fingerprint {
+                dt { "Failure group" } dd { a href={ "/console/failures/" (fingerprint) } { code { (fingerprint) } } }
+            }
+            @if let Some(original) = &row.edited_from {
+                dt { "Edited copy of" } dd { (link_to(original, row.edited_from_id, "original")) }
+            }
+            @if let Some(copy) = &row.edited_to {
+                dt { "Copied as" } dd { (link_to(copy, row.edited_to_id, "copy")) }
+            }
             @if let Some(at) = row.last_retry_at { dt { "Last retry" } dd { (time(at)) } }
             @if let Some(at) = row.next_retry_at { dt { "Next retry" } dd { (time(at)) } }
             @if let Some(at) = row.resolved_at { dt { "Resolved" } dd { (time(at)) } }
         }
-        @if can_act && row.status != Status::Resolved && row.status != Status::Retrying {
+        @if can_act {
             div.actions {
                 form.inline method="post" action={ "/console/messages/" (row.id) "/retry" } {
                     button type="submit" { "Retry now" }
                 }
                 form.inline method="post" action={ "/console/messages/" (row.id) "/delete" } {
                     button.danger type="submit" { "Delete" }
+                }
+            }
+        }
+        @if can_edit {
+            details.edit open[refused.is_some()] {
+                summary { "Edit and retry" }
+                p { "Publishes a copy with a new message_id and an " code { "mb-edit-of" } " header; this message is resolved once RabbitMQ confirms the copy." }
+                @if let Some(refused) = &refused { p.error role="alert" { (refused.error) } }
+                form method="post" action={ "/console/messages/" (row.id) "/edit-retry" } {
+                    label for="payload-editor" { "Payload (JSON)" }
+                    textarea #payload-editor name="payload" spellcheck="false" {
+                        (refused.as_ref().map_or_else(|| pretty(&row.payload), |r| r.text.to_owned()))
+                    }
+                    button type="submit" { "Edit and retry" }
                 }
             }
         }
@@ -93,7 +144,22 @@ pub async fn show(
             }
         }
     };
-    Html(page(&format!("Message {}", row.id), Some(&client), flash.as_deref(), body).into_string()).into_response()
+    (
+        status,
+        Html(page(&format!("Message {}", row.id), Some(client), flash, body).into_string()),
+    )
+        .into_response()
+}
+
+/// The other message of an edit: a link to its row when it has one (the copy failed too).
+fn link_to(message_id: &str, row: Option<u64>, label: &str) -> Markup {
+    html! {
+        @match row {
+            Some(id) => { a href={ "/console/messages/" (id) } { (label) " #" (id) } " " }
+            None => {}
+        }
+        code { (message_id) }
+    }
 }
 
 async fn load(state: &AppState, id: u64) -> Result<FailedMessage, ApiError> {
@@ -195,4 +261,84 @@ pub async fn delete(State(state): State<AppState>, Operator(client): Operator, P
         ),
         Err(err) => api_error_page(&client, err),
     }
+}
+
+#[derive(Deserialize)]
+pub struct EditForm {
+    payload: String,
+}
+
+pub async fn edit_retry(
+    State(state): State<AppState>,
+    Operator(client): Operator,
+    Path(raw): Path<String>,
+    form: Result<Form<EditForm>, FormRejection>,
+) -> Response {
+    let Some(id) = parse_id(&raw) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&client),
+            &format!("No failed message `{raw}`."),
+        );
+    };
+    if let Err(err) = client.require(Scope::Operate) {
+        return api_error_page(&client, err);
+    }
+    if !state.settings.failed.edit_enabled {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(&client),
+            "Edit and retry is turned off on this service (failed.edit_enabled).",
+        );
+    }
+    let Ok(Form(form)) = form else {
+        return error_page(StatusCode::BAD_REQUEST, Some(&client), "The form was not complete.");
+    };
+    let edit = serde_json::from_str::<Value>(&form.payload)
+        .map_err(|err| format!("Not valid JSON: {err}."))
+        .and_then(|payload| {
+            edit::parse(json!({ "payload": payload })).map_err(|fields| {
+                fields
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        });
+    let edit = match edit {
+        Ok(edit) => edit,
+        Err(error) => {
+            return render(
+                &state,
+                &client,
+                id,
+                None,
+                Some(Refused {
+                    text: &form.payload,
+                    error: &error,
+                }),
+            )
+            .await;
+        }
+    };
+    let Some(retrier) = state.retrier.as_ref() else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&client),
+            "This process cannot republish.",
+        );
+    };
+    let copy_id = new_message_id();
+    let flash = match stored(retrier.edit_and_retry(id, &edit, copy_id.clone(), &client.name).await) {
+        Ok(Ok((row, outcome))) => match ApiError::from_publish(&outcome, &row.exchange, &row.routing_key) {
+            None => {
+                info!(client = %client.name, id, copy = %copy_id, "Failed message edited and retried from the console.");
+                format!("Published an edited copy ({copy_id}); message {id} is resolved.")
+            }
+            Some(err) => format!("The copy was not published: {} Message {id} is unchanged.", err.message),
+        },
+        Ok(Err(refusal)) => ApiError::from_claim(refusal, id).message,
+        Err(err) => return api_error_page(&client, err),
+    };
+    see_other(&state, &format!("/console/messages/{id}"), &flash)
 }

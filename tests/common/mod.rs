@@ -137,7 +137,12 @@ impl TestEnv {
             },
         ];
         create_database(&settings).await;
-        Self { prefix, settings, dir, own_vhost: None }
+        Self {
+            prefix,
+            settings,
+            dir,
+            own_vhost: None,
+        }
     }
 
     /// Puts a cuttable TCP proxy between the app and MariaDB (a database outage for this test
@@ -247,7 +252,10 @@ async fn remove_leftovers(settings: Settings, prefix: &str, own_vhost: Option<St
     if let Some(vhost) = own_vhost {
         let rabbitmq = &settings.rabbitmq;
         let _ = reqwest::Client::new()
-            .delete(format!("http://{}:{}/api/vhosts/{vhost}", rabbitmq.host, rabbitmq.management_port))
+            .delete(format!(
+                "http://{}:{}/api/vhosts/{vhost}",
+                rabbitmq.host, rabbitmq.management_port
+            ))
             .basic_auth(&rabbitmq.user, Some(rabbitmq.password.expose()))
             .send()
             .await;

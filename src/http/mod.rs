@@ -13,6 +13,7 @@ pub mod queues;
 pub mod rate_limit;
 pub mod request;
 pub mod scheduled;
+pub mod schemas;
 pub mod server;
 pub mod topology;
 
@@ -155,6 +156,8 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/api/messages/retry/{id}", post(failed::retry_one))
         .route("/api/messages/scheduled", get(scheduled::list))
         .route("/api/messages/scheduled/{id}", delete(scheduled::cancel))
+        .route("/api/schemas", get(schemas::list_schemas))
+        .route("/api/schemas/{event}/{version}", get(schemas::show_schema))
         .route("/api/queues", get(queues::list))
         .route("/api/queues/{queue}/stats", get(queues::stats))
         .route("/api/queues/{queue}/purge", post(queues::purge))

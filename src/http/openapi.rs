@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{error, failed, probes, publish, queues, request, scheduled, topology};
+use super::{error, failed, probes, publish, queues, request, scheduled, schemas, topology};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use super::{error, failed, probes, publish, queues, request, scheduled, topology
         probes::health, probes::ready, probes::metrics, topology::show, publish::publish, publish::publish_batch, request::request,
         failed::list, failed::show, failed::retry_one, failed::retry_matching, failed::delete,
         queues::list, queues::stats, queues::purge, scheduled::list, scheduled::cancel,
+        schemas::list_schemas, schemas::show_schema,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorCode, probes::Health, probes::Readiness,

@@ -17,6 +17,7 @@ mod rabbitmq;
 mod request;
 mod retention;
 mod retry;
+mod schemas;
 mod topology;
 mod workers;
 
@@ -28,6 +29,7 @@ pub use rabbitmq::{RabbitMqSettings, URI_COMPONENT};
 pub use request::RequestSettings;
 pub use retention::RetentionSettings;
 pub use retry::{MessageSettings, RetrySettings};
+pub use schemas::{SchemaSettings, UnknownEvents};
 pub use topology::TopologySettings;
 pub use workers::{IngestSettings, SchedulingSettings, StatsSettings};
 
@@ -79,6 +81,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub scheduling: SchedulingSettings,
     pub retention: RetentionSettings,
+    pub schemas: SchemaSettings,
     pub auth: AuthSettings,
     pub topology: TopologySettings,
 }

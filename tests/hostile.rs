@@ -964,6 +964,8 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("get", "/api/queues", "read"),
     ("get", "/api/queues/{queue}/stats", "read"),
     ("post", "/api/queues/{queue}/purge", "admin"),
+    ("get", "/api/schemas", "read"),
+    ("get", "/api/schemas/{event}/{version}", "read"),
 ];
 
 /// Routes open to all; everything else under /api needs a token.
@@ -1033,7 +1035,11 @@ async fn every_api_route_requires_its_scope() {
     // Path parameters get a plausible value: the checks below are about the token, not the id.
     let queue = env.name("orders_queue");
     for (method, path, scope) in SCOPES {
-        let target = path.replace("{id}", "1").replace("{queue}", &queue);
+        let target = path
+            .replace("{id}", "1")
+            .replace("{queue}", &queue)
+            .replace("{event}", "order.created")
+            .replace("{version}", "1.0");
         let method = method.to_ascii_uppercase();
         let call = |token: Option<&'static str>| {
             let (method, target) = (method.clone(), target.clone());

@@ -11,17 +11,23 @@
 #             with window 32 ((b)'s concurrency), (b) POST /api/messages/publish at 32
 #             connections, (c) POST /api/messages/publish/batch, (d) RabbitMQ's management API
 #             publish at 32 connections, (r) POST /api/messages/request at 32 connections (the
-#             bench's drain consumer is the responder); BENCH_ROUNDS interleaved rounds, medians and ranges of
+#             bench's drain consumer is the responder), (b-1k) and (b-schema) POST publish of a
+#             1 KiB event without and with its event schema checked (ratio goal >= 0.90);
+#             BENCH_ROUNDS interleaved rounds, medians and ranges of
 #             msg/s, p50/p99, errors, CPU per message of each process, the service's peak RSS
 #             and the ratios. The audit table of the bench database is emptied first: a table
 #             grown by earlier runs past the InnoDB buffer pool slows every insert.
 #   stats     CPU of one stats poll (workers::stats::poll_once, examples/stats_bench.rs) with 200
 #             extra queues on the vhost, averaged over 50 polls; goal < 50 ms. The broker's CPU
 #             per poll (it renders the management API's JSON) is printed next to it.
+#   schemas   CPU of one event schema check (examples/schema_bench.rs): the 1 KiB event of
+#             (b-schema) against order.created 2.0, 100,000 times on one thread, in us per event.
 #
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
 #   BENCH_ROUNDS      rounds of every publish scenario (default 3)
+#   BENCH_SCENARIOS   publish scenarios to run, comma-separated (default: all of them, see above;
+#                     e.g. a32,b,b-1k,b-schema)
 #   BENCH_PORT        HTTP port of the service under test (default 18011)
 #   BENCH_ROLES       roles of the service under test (default: all, as deployed by default)
 #   BENCH_THREADS     worker threads of the load generator (default 2)
@@ -32,13 +38,14 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-SECTIONS=(publish stats)
+SECTIONS=(publish stats schemas)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 BENCH_PORT="${BENCH_PORT:-18011}"
 BENCH_ROLES="${BENCH_ROLES:-}"
 BENCH_THREADS="${BENCH_THREADS:-2}"
+BENCH_SCENARIOS="${BENCH_SCENARIOS:-}"
 BENCH_DB=messages_broker_test_bench
 BENCH_TOPOLOGY=scripts/bench/topology.toml
 BENCH_EXCHANGE=bench_exchange
@@ -159,6 +166,7 @@ section_publish() {
     db="$(db_pid)"
     [[ -n "${broker}" ]] && extra+=(--broker-pid "${broker}")
     [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
+    [[ -n "${BENCH_SCENARIOS}" ]] && extra+=(--scenarios "${BENCH_SCENARIOS}")
     BENCH_TOKEN="${TOKEN}" BENCH_MANAGEMENT_PASSWORD="${RABBIT_PASSWORD}" \
         "${BENCH_BIN}" --threads "${BENCH_THREADS}" publish \
         --url "${SERVICE_URL}" \
@@ -184,6 +192,13 @@ section_stats() {
     RABBITMQ_USER="${RABBIT_USER}" RABBITMQ_PASSWORD="${RABBIT_PASSWORD}" \
         "${CARGO_TARGET_DIR}/release/examples/stats_bench" \
         --management "${MANAGEMENT_URL}" --queues 200 --polls 50 "${extra[@]}"
+}
+
+section_schemas() {
+    echo
+    echo "## schemas"
+    cargo build --release --quiet --example schema_bench
+    "${CARGO_TARGET_DIR}/release/examples/schema_bench" --topology "${BENCH_TOPOLOGY}" --iterations 100000
 }
 
 main() {

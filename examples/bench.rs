@@ -434,7 +434,9 @@ async fn check_schema_active(args: &PublishArgs, token: &str) -> Result<()> {
     let (status, answer) = connection.round_trip().await.map_err(anyhow::Error::msg)?;
     let kind = error_kind(status, &answer);
     if kind != "422 schema_violation" {
-        bail!("an invalid order.created was answered `{kind}`, not `422 schema_violation`: the service does not check it (see [[schemas]] of scripts/bench/topology.toml)");
+        bail!(
+            "an invalid order.created was answered `{kind}`, not `422 schema_violation`: the service does not check it (see [[schemas]] of scripts/bench/topology.toml)"
+        );
     }
     Ok(())
 }
@@ -635,7 +637,13 @@ async fn publish(args: PublishArgs) -> Result<()> {
             results.insert(key, Summary::new(label, &window, tally, cpu.await?));
             settle(&publish_conn, &args.queue).await;
         }
-        for (key, label, connections, job) in &http_scenarios {
+        // Every other round backwards: a scenario's place in the round (after which one, how long
+        // since the last queue drain) must not favour it over its neighbour.
+        let mut order: Vec<_> = http_scenarios.iter().collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for (key, label, connections, job) in order {
             if !wants(key) {
                 continue;
             }

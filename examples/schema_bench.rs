@@ -76,11 +76,12 @@ fn main() -> Result<()> {
         black_box(serde_json::from_slice::<Value>(black_box(&body)).expect("JSON"));
     });
 
-    println!(
-        "schema check of a {data_bytes}-byte data (order.created 2.0), {n} iterations, one thread:"
-    );
+    println!("schema check of a {data_bytes}-byte data (order.created 2.0), {n} iterations, one thread:");
     println!("  valid event:                 {:>8.2} us per event", valid_ns / 1000.0);
-    println!("  invalid event (2 problems):  {:>8.2} us per event", invalid_ns / 1000.0);
+    println!(
+        "  invalid event (2 problems):  {:>8.2} us per event",
+        invalid_ns / 1000.0
+    );
     println!(
         "  for scale, parsing the {}-byte request body: {:.2} us",
         body.len(),

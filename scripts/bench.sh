@@ -31,6 +31,8 @@
 #   BENCH_PORT        HTTP port of the service under test (default 18011)
 #   BENCH_ROLES       roles of the service under test (default: all, as deployed by default)
 #   BENCH_THREADS     worker threads of the load generator (default 2)
+#   BENCH_DB          database of the service under test (default messages_broker_test_bench; another
+#                     name, within messages_broker_test_%, when branches with other migrations share it)
 #   RABBITMQ_MANAGEMENT_URL, RABBITMQ_USER, RABBITMQ_PASSWORD   default http://127.0.0.1:15672, guest, guest
 #   CARGO_TARGET_DIR  default ~/.cache/messages-broker/target (shared with scripts/test.sh)
 set -euo pipefail
@@ -46,7 +48,7 @@ BENCH_PORT="${BENCH_PORT:-18011}"
 BENCH_ROLES="${BENCH_ROLES:-}"
 BENCH_THREADS="${BENCH_THREADS:-2}"
 BENCH_SCENARIOS="${BENCH_SCENARIOS:-}"
-BENCH_DB=messages_broker_test_bench
+BENCH_DB="${BENCH_DB:-messages_broker_test_bench}"
 BENCH_TOPOLOGY=scripts/bench/topology.toml
 BENCH_EXCHANGE=bench_exchange
 BENCH_QUEUE=bench_queue

@@ -8,7 +8,7 @@
 //! `messages[i].`), or `message.metadata.version` when the event has no schema of that version;
 //! `unknown_event` (`schemas.unknown_events = "reject"`) keyed `message.event`.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use axum::{
     Json,
@@ -45,11 +45,11 @@ pub(super) fn check_event(state: &AppState, input: &mut PublishInput, prefix: &s
     let message = &input.message;
     // parse_input made sure of a non-empty string.
     let event = message.get("event").and_then(Value::as_str).unwrap_or_default();
-    let version = match message.get("metadata").and_then(|m| m.get("version")) {
+    let version: Option<Cow<'_, str>> = match message.get("metadata").and_then(|m| m.get("version")) {
         None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.clone()),
+        Some(Value::String(text)) => Some(Cow::Borrowed(text)),
         // A number (`2`, `1.5`) is read as written; anything else names no version.
-        Some(other) => Some(other.to_string()),
+        Some(other) => Some(Cow::Owned(other.to_string())),
     };
     let count = |outcome: &str| {
         state.metrics.schema_checks_total.with_label_values(&[outcome]).inc();

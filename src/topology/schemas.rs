@@ -130,6 +130,25 @@ impl SchemaVersion {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// Whether `text` names this version (`2` and `2.0` name the same), without allocating: it
+    /// runs once per published message.
+    pub fn is_named_by(&self, text: &str) -> bool {
+        let mut ours = self.parts.iter();
+        for part in text.split('.') {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return false;
+            }
+            let Ok(number) = part.parse::<u64>() else {
+                return false;
+            };
+            // Past our parts, only zeros may follow (our trailing zeros were dropped).
+            if ours.next().map_or(number != 0, |&n| n != number) {
+                return false;
+            }
+        }
+        ours.next().is_none()
+    }
 }
 
 impl PartialEq for SchemaVersion {
@@ -318,14 +337,14 @@ impl Schemas {
         let Some((_, best)) = best else {
             return Resolution::UnknownEvent;
         };
-        let mut versions: Vec<&EventSchema> = self
-            .0
-            .iter()
-            .filter(|s| s.exchange == best.exchange && s.event.text == best.event.text)
-            .collect();
+        // Nothing is allocated on the way to a schema: this runs once per published message.
+        let versions = || {
+            self.0
+                .iter()
+                .filter(|s| s.exchange == best.exchange && s.event.text == best.event.text)
+        };
         let Some(wanted) = version else {
-            let newest = versions
-                .into_iter()
+            let newest = versions()
                 .max_by(|a, b| a.version.cmp(&b.version))
                 .expect("the best declaration is among them");
             return Resolution::Found {
@@ -333,19 +352,15 @@ impl Schemas {
                 defaulted: true,
             };
         };
-        let found = SchemaVersion::parse(wanted)
-            .ok()
-            .and_then(|wanted| versions.iter().copied().find(|s| s.version == wanted));
-        match found {
+        match versions().find(|s| s.version.is_named_by(wanted)) {
             Some(schema) => Resolution::Found {
                 schema,
                 defaulted: false,
             },
             None => {
-                versions.sort_by(|a, b| a.version.cmp(&b.version));
-                Resolution::UnknownVersion {
-                    available: versions.into_iter().map(|s| &s.version).collect(),
-                }
+                let mut available: Vec<&SchemaVersion> = versions().map(|s| &s.version).collect();
+                available.sort();
+                Resolution::UnknownVersion { available }
             }
         }
     }
@@ -416,6 +431,19 @@ mod tests {
         assert_eq!(version("1.10").to_string(), "1.10");
         for bad in ["", "1.", "v1", "1.x", "1..2", "-1", "1.0-beta"] {
             assert!(SchemaVersion::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(!version("1").is_named_by(bad), "{bad:?} names 1");
+        }
+        for (ours, text, named) in [
+            ("2.0", "2", true),
+            ("2", "2.0.0", true),
+            ("1.10", "1.10", true),
+            ("1.10", "1.1", false),
+            ("1.0.1", "1.0", false),
+            ("1.0", "1.0.1", false),
+            ("0", "0.0", true),
+            ("3", "99999999999999999999999", false),
+        ] {
+            assert_eq!(version(ours).is_named_by(text), named, "{ours} vs {text}");
         }
     }
 

@@ -16,6 +16,10 @@
 //!   service), 32 connections;
 //! - (r) `POST /api/messages/request`, 32 connections each waiting for its reply: the drain
 //!   consumer is the responder (it echoes each request), so a message is a full round trip.
+//! - (b-1k) and (b-schema): (b) with a typical 1 KiB event (`scripts/bench/order.created.v2.json`),
+//!   once as an event without a schema and once as `order.created`, whose `data` the service
+//!   checks against `schemas/orders/order.created.v2.json` (`[[schemas]]` of the bench topology):
+//!   the cost of schema validation, as the ratio (b-schema)/(b-1k) of the same rounds.
 //!
 //! Scenarios run in interleaved rounds (3 by default; the printout gives the median and the range).
 //! Each scenario runs a warm-up (1 s, not counted), then a measured window (10 s). A request or a
@@ -134,8 +138,8 @@ struct PublishArgs {
     /// Pid of the database server (the service writes its audit trail there): CPU use per scenario.
     #[arg(long)]
     db_pid: Option<u32>,
-    /// Scenarios to run, among a,a32,b,c,d,r.
-    #[arg(long, value_delimiter = ',', default_value = "a,a32,b,c,d,r")]
+    /// Scenarios to run, among a,a32,b,c,d,r,b-1k,b-schema.
+    #[arg(long, value_delimiter = ',', default_value = "a,a32,b,c,d,r,b-1k,b-schema")]
     scenarios: Vec<String>,
 }
 
@@ -393,6 +397,50 @@ struct Payloads {
     envelope: Vec<u8>,
 }
 
+const SCENARIOS: [&str; 8] = ["a", "a32", "b", "c", "d", "r", "b-1k", "b-schema"];
+
+/// A typical 1 KiB event's `data` (an order of five lines), valid against the shipped
+/// order.created 2.0 schema.
+const ORDER_DATA: &str = include_str!("../scripts/bench/order.created.v2.json");
+
+/// The POST publish body of the 1 KiB event as `event`: `order.created` has a schema in the bench
+/// topology, `order.unchecked` (same length) has none.
+fn order_body(args: &PublishArgs, event: &str) -> Result<Vec<u8>> {
+    let data: Value = serde_json::from_str(ORDER_DATA).context("scripts/bench/order.created.v2.json")?;
+    Ok(serde_json::to_vec(&json!({
+        "exchange": args.exchange,
+        "routing_key": args.routing_key,
+        "message": {"event": event, "data": data, "metadata": {"version": "2.0"}},
+    }))?)
+}
+
+/// (b-schema) means nothing unless the service really checks `order.created`: an invalid one
+/// must come back 422 schema_violation.
+async fn check_schema_active(args: &PublishArgs, token: &str) -> Result<()> {
+    let body = serde_json::to_vec(&json!({
+        "exchange": args.exchange,
+        "routing_key": args.routing_key,
+        "message": {"event": "order.created", "data": {}, "metadata": {"version": "2.0"}},
+    }))?;
+    let job = Job::Publish {
+        url: format!("{}/api/messages/publish", args.url.trim_end_matches('/')),
+        token: token.to_owned(),
+        body,
+    };
+    let mut connection = HttpConnection {
+        target: job.target()?,
+        sender: None,
+    };
+    let (status, answer) = connection.round_trip().await.map_err(anyhow::Error::msg)?;
+    let kind = error_kind(status, &answer);
+    if kind != "422 schema_violation" {
+        bail!(
+            "an invalid order.created was answered `{kind}`, not `422 schema_violation`: the service does not check it (see [[schemas]] of scripts/bench/topology.toml)"
+        );
+    }
+    Ok(())
+}
+
 fn payloads() -> Payloads {
     let message = json!({
         "event": "bench.tick",
@@ -410,13 +458,13 @@ fn payloads() -> Payloads {
 
 async fn publish(args: PublishArgs) -> Result<()> {
     for scenario in &args.scenarios {
-        if !["a", "a32", "b", "c", "d", "r"].contains(&scenario.as_str()) {
-            bail!("unknown scenario `{scenario}` (choose among a,a32,b,c,d,r)");
+        if !SCENARIOS.contains(&scenario.as_str()) {
+            bail!("unknown scenario `{scenario}` (choose among {})", SCENARIOS.join(","));
         }
     }
     let wants = |s: &str| args.scenarios.iter().any(|x| x == s);
-    if (wants("b") || wants("c") || wants("r")) && args.token.is_none() {
-        bail!("scenarios b, c and r need --token (or BENCH_TOKEN)");
+    if ["b", "c", "r", "b-1k", "b-schema"].iter().any(|s| wants(s)) && args.token.is_none() {
+        bail!("scenarios b, c, r, b-1k and b-schema need --token (or BENCH_TOKEN)");
     }
     if args.duration <= 0.0 || args.warmup < 0.0 || args.rounds == 0 {
         bail!("--duration must be > 0, --warmup >= 0 and --rounds >= 1");
@@ -444,6 +492,8 @@ async fn publish(args: PublishArgs) -> Result<()> {
             "message": payloads.message,
         }); args.batch_size],
     }))?;
+    let checked_body = order_body(&args, "order.created")?;
+    let unchecked_body = order_body(&args, "order.unchecked")?;
     let management_body = serde_json::to_vec(&json!({
         "properties": {"delivery_mode": 2, "content_type": "application/json"},
         "routing_key": args.routing_key,
@@ -451,10 +501,11 @@ async fn publish(args: PublishArgs) -> Result<()> {
         "payload_encoding": "string",
     }))?;
     eprintln!(
-        "bench: payload {} bytes on the wire, POST publish body {} bytes, batch body {} bytes",
+        "bench: payload {} bytes on the wire, POST publish body {} bytes, batch body {} bytes, 1 KiB event body {} bytes",
         payloads.envelope.len(),
         single_body.len(),
-        batch_body.len()
+        batch_body.len(),
+        checked_body.len()
     );
 
     // Two connections: one drains the queue for the whole run, the other publishes (a).
@@ -495,8 +546,11 @@ async fn publish(args: PublishArgs) -> Result<()> {
     }
 
     let token = args.token.clone().unwrap_or_default();
+    if wants("b-schema") {
+        check_schema_active(&args, &token).await?;
+    }
     let base = args.url.trim_end_matches('/');
-    let http_scenarios: [(&'static str, String, usize, Arc<Job>); 4] = [
+    let http_scenarios: [(&'static str, String, usize, Arc<Job>); 6] = [
         (
             "b",
             format!("(b) POST publish, {} conns", args.connections),
@@ -505,6 +559,26 @@ async fn publish(args: PublishArgs) -> Result<()> {
                 url: format!("{base}/api/messages/publish"),
                 token: token.clone(),
                 body: single_body,
+            }),
+        ),
+        (
+            "b-1k",
+            "(b-1k) 1 KiB event, no schema".to_owned(),
+            args.connections,
+            Arc::new(Job::Publish {
+                url: format!("{base}/api/messages/publish"),
+                token: token.clone(),
+                body: unchecked_body,
+            }),
+        ),
+        (
+            "b-schema",
+            "(b-schema) 1 KiB event, schema".to_owned(),
+            args.connections,
+            Arc::new(Job::Publish {
+                url: format!("{base}/api/messages/publish"),
+                token: token.clone(),
+                body: checked_body,
             }),
         ),
         (
@@ -563,7 +637,13 @@ async fn publish(args: PublishArgs) -> Result<()> {
             results.insert(key, Summary::new(label, &window, tally, cpu.await?));
             settle(&publish_conn, &args.queue).await;
         }
-        for (key, label, connections, job) in &http_scenarios {
+        // Every other round backwards: a scenario's place in the round (after which one, how long
+        // since the last queue drain) must not favour it over its neighbour.
+        let mut order: Vec<_> = http_scenarios.iter().collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for (key, label, connections, job) in order {
             if !wants(key) {
                 continue;
             }
@@ -1150,6 +1230,7 @@ fn report(rounds: &[BTreeMap<&'static str, Summary>], service_hwm_kib: Option<u6
         ("b", "a32", None),
         ("c", "a", Some(0.90)),
         ("b", "d", None),
+        ("b-schema", "b-1k", Some(0.90)),
     ] {
         let values = ratios(num, den);
         let Some(r) = median(values.clone()) else { continue };
@@ -1203,6 +1284,11 @@ fn report(rounds: &[BTreeMap<&'static str, Summary>], service_hwm_kib: Option<u6
     if keys.contains("b") || keys.contains("c") {
         let errors: u64 = ["b", "c"].iter().map(|k| all_errors(k).values().sum::<u64>()).sum();
         println!("errors (b)+(c), all rounds: {errors} (goal 0){}", goal(errors == 0));
+    }
+    if keys.contains("b-schema") && keys.contains("b-1k") {
+        println!(
+            "(b-schema)/(b-1k): the same 1 KiB event with and without its schema checked; goal: validation costs at most 10 % of the throughput"
+        );
     }
     if keys.contains("a") {
         println!(

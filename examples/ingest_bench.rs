@@ -144,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         bindings: vec![],
         rate_limits: vec![],
         users: vec![],
+        schemas: Default::default(),
     };
     let (_link_tx, link) = tokio::sync::watch::channel(Some(Link {
         connection: conn.clone(),

@@ -11,7 +11,9 @@
 #             with window 32 ((b)'s concurrency), (b) POST /api/messages/publish at 32
 #             connections, (c) POST /api/messages/publish/batch, (d) RabbitMQ's management API
 #             publish at 32 connections, (r) POST /api/messages/request at 32 connections (the
-#             bench's drain consumer is the responder); BENCH_ROUNDS interleaved rounds, medians and ranges of
+#             bench's drain consumer is the responder), (b-1k) and (b-schema) POST publish of a
+#             1 KiB event without and with its event schema checked (ratio goal >= 0.90);
+#             BENCH_ROUNDS interleaved rounds, medians and ranges of
 #             msg/s, p50/p99, errors, CPU per message of each process, the service's peak RSS
 #             and the ratios. The audit table of the bench database is emptied first: a table
 #             grown by earlier runs past the InnoDB buffer pool slows every insert.
@@ -23,13 +25,19 @@
 #             (INSERT ... SELECT), then times 200 sequential requests each of GET
 #             /api/messages/failed/groups (plain, status=failed, queue=...) and of a page of one
 #             group's rows (fingerprint + status); p50, p95, max; goal p95 < 100 ms.
+#   schemas   CPU of one event schema check (examples/schema_bench.rs): the 1 KiB event of
+#             (b-schema) against order.created 2.0, 100,000 times on one thread, in us per event.
 #
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
 #   BENCH_ROUNDS      rounds of every publish scenario (default 3)
+#   BENCH_SCENARIOS   publish scenarios to run, comma-separated (default: all of them, see above;
+#                     e.g. a32,b,b-1k,b-schema)
 #   BENCH_PORT        HTTP port of the service under test (default 18011)
 #   BENCH_ROLES       roles of the service under test (default: all, as deployed by default)
 #   BENCH_THREADS     worker threads of the load generator (default 2)
+#   BENCH_DB          database of the service under test (default messages_broker_test_bench; another
+#                     name, within messages_broker_test_%, when branches with other migrations share it)
 #   RABBITMQ_MANAGEMENT_URL, RABBITMQ_USER, RABBITMQ_PASSWORD   default http://127.0.0.1:15672, guest, guest
 #   CARGO_TARGET_DIR  default ~/.cache/messages-broker/target (shared with scripts/test.sh)
 set -euo pipefail
@@ -37,14 +45,15 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-SECTIONS=(publish stats groups)
+SECTIONS=(publish stats groups schemas)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 BENCH_PORT="${BENCH_PORT:-18011}"
 BENCH_ROLES="${BENCH_ROLES:-}"
 BENCH_THREADS="${BENCH_THREADS:-2}"
-BENCH_DB=messages_broker_test_bench
+BENCH_SCENARIOS="${BENCH_SCENARIOS:-}"
+BENCH_DB="${BENCH_DB:-messages_broker_test_bench}"
 BENCH_TOPOLOGY=scripts/bench/topology.toml
 BENCH_EXCHANGE=bench_exchange
 BENCH_QUEUE=bench_queue
@@ -164,6 +173,7 @@ section_publish() {
     db="$(db_pid)"
     [[ -n "${broker}" ]] && extra+=(--broker-pid "${broker}")
     [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
+    [[ -n "${BENCH_SCENARIOS}" ]] && extra+=(--scenarios "${BENCH_SCENARIOS}")
     BENCH_TOKEN="${TOKEN}" BENCH_MANAGEMENT_PASSWORD="${RABBIT_PASSWORD}" \
         "${BENCH_BIN}" --threads "${BENCH_THREADS}" publish \
         --url "${SERVICE_URL}" \
@@ -197,6 +207,13 @@ section_groups() {
     cargo build --release --quiet --example groups_bench
     BENCH_TOKEN="${TOKEN}" "${CARGO_TARGET_DIR}/release/examples/groups_bench" \
         --url "${SERVICE_URL}" --database "${BENCH_DB}" --rows 100000 --groups 200 --requests 200
+}
+
+section_schemas() {
+    echo
+    echo "## schemas"
+    cargo build --release --quiet --example schema_bench
+    "${CARGO_TARGET_DIR}/release/examples/schema_bench" --topology "${BENCH_TOPOLOGY}" --iterations 100000
 }
 
 main() {

@@ -16,6 +16,7 @@ Prints every problem; exit 1 if there was any.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -226,6 +227,25 @@ def matches(selector, labels):
     return all(labels.get(k) == v for k, v in (selector or {}).items())
 
 
+def projected_files(volume, configmaps):
+    """The files a ConfigMap or projected volume shows, by their path in it: {path: text}."""
+    sources = volume.get("projected", {}).get("sources", [])
+    if "configMap" in volume:
+        sources = [{"configMap": volume["configMap"]}]
+    files = {}
+    for source in sources:
+        ref = source.get("configMap")
+        if not ref:
+            continue
+        data = configmaps.get(ref["name"], {}).get("data", {})
+        items = ref.get("items")
+        if items is None:
+            files.update(data)
+        else:
+            files.update({os.path.normpath(i["path"]): data[i["key"]] for i in items if i["key"] in data})
+    return files
+
+
 def check_rendered(docs, report):
     """Cross-object checks of one rendered kustomization."""
     by_kind = {}
@@ -253,6 +273,15 @@ def check_rendered(docs, report):
         for v in volumes.values():
             if "configMap" in v and v["configMap"]["name"] not in configmaps:
                 report.error(where, f"volume {v['name']}: ConfigMap {v['configMap']['name']} is not rendered")
+            for source in v.get("projected", {}).get("sources", []):
+                ref = source.get("configMap")
+                if ref and ref["name"] not in configmaps:
+                    report.error(where, f"volume {v['name']}: projected ConfigMap {ref['name']} is not rendered")
+                elif ref:
+                    keys = configmaps[ref["name"]].get("data", {})
+                    for item in ref.get("items", []):
+                        if item["key"] not in keys:
+                            report.error(where, f"volume {v['name']}: ConfigMap {ref['name']} has no key {item['key']}")
         containers = pod["containers"]
         ports = {}
         for c in containers:
@@ -324,15 +353,26 @@ def check_rendered(docs, report):
                 if volume is None:
                     report.error(cw, f"{var}={path}: no volume mounted at {directory}")
                     continue
-                if "configMap" in volume:
-                    data = configmaps.get(volume["configMap"]["name"], {}).get("data", {})
-                    if filename not in data:
-                        report.error(cw, f"{var}={path}: the ConfigMap has no key {filename}")
+                if "configMap" in volume or "projected" in volume:
+                    files = projected_files(volume, configmaps)
+                    if filename not in files:
+                        report.error(cw, f"{var}={path}: the volume has no file {filename}")
                     elif filename.endswith(".toml"):
                         try:
-                            tomllib.loads(data[filename])
+                            parsed = tomllib.loads(files[filename])
                         except tomllib.TOMLDecodeError as err:
                             report.error(cw, f"{var}={path}: not TOML: {err}")
+                            continue
+                        # The event schema files the topology names sit beside it in the volume.
+                        for i, schema in enumerate(parsed.get("schemas", []) if var == "TOPOLOGY_FILE" else []):
+                            wanted = os.path.normpath(schema.get("file", ""))
+                            if wanted not in files:
+                                report.error(cw, f"{var}={path}: schemas[{i}].file {wanted} is not in the volume")
+                            else:
+                                try:
+                                    json.loads(files[wanted])
+                                except ValueError as err:
+                                    report.error(cw, f"{var}={path}: schemas[{i}].file {wanted}: not JSON: {err}")
                 elif "secret" in volume:
                     items = [i["path"] for i in volume["secret"].get("items", [])]
                     if items and filename not in items:

@@ -128,13 +128,14 @@ fn check(mut settings: Settings, file: Option<PathBuf>) -> ExitCode {
     match app::load_topology(&settings) {
         Ok(topology) => {
             println!(
-                "{path}: valid ({} exchanges, {} queues of which {} dead-letter, {} bindings, {} rate limits, {} users)",
+                "{path}: valid ({} exchanges, {} queues of which {} dead-letter, {} bindings, {} rate limits, {} users, {} event schemas)",
                 topology.exchanges.len(),
                 topology.queues.len(),
                 topology.dead_letter_queues().count(),
                 topology.bindings.len(),
                 topology.rate_limits.len(),
-                topology.users.len()
+                topology.users.len(),
+                topology.schemas.len()
             );
             ExitCode::SUCCESS
         }

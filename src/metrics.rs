@@ -61,6 +61,9 @@ metrics! {
     publish_duration_seconds: Histogram buckets = vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     ],
+    /// Event schema checks of published messages, by outcome: valid, invalid, unknown_version,
+    /// unknown_event_allowed, unknown_event_rejected.
+    schema_checks_total: IntCounterVec["outcome"],
     /// Requests through POST /api/messages/request, by exchange and outcome.
     requests_total: IntCounterVec["exchange", "outcome"],
     /// Time from request to reply (or to the error answer), seconds.

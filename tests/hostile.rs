@@ -972,6 +972,8 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("get", "/api/queues", "read"),
     ("get", "/api/queues/{queue}/stats", "read"),
     ("post", "/api/queues/{queue}/purge", "admin"),
+    ("get", "/api/schemas", "read"),
+    ("get", "/api/schemas/{event}/{version}", "read"),
 ];
 
 /// Routes open to all; everything else under /api needs a token.
@@ -1046,7 +1048,9 @@ async fn every_api_route_requires_its_scope() {
         let target = path
             .replace("{id}", "1")
             .replace("{queue}", &queue)
-            .replace("{fingerprint}", "0123456789abcdef");
+            .replace("{fingerprint}", "0123456789abcdef")
+            .replace("{event}", "order.created")
+            .replace("{version}", "1.0");
         let method = method.to_ascii_uppercase();
         let call = |token: Option<&'static str>| {
             let (method, target) = (method.clone(), target.clone());

@@ -66,6 +66,10 @@ pub enum ErrorCode {
     StatsUnavailable,
     /// Edit and retry is turned off (`failed.edit_enabled`).
     EditDisabled,
+    /// The message's `data` does not match its event's schema, or names a version it has none of.
+    SchemaViolation,
+    /// No schema matches the event and `schemas.unknown_events` is `reject`.
+    UnknownEvent,
 }
 
 impl ErrorCode {
@@ -87,6 +91,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ValidationFailed | Self::UnknownExchange | Self::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::SchemaViolation | Self::UnknownEvent => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ConfirmationRequired => StatusCode::PRECONDITION_REQUIRED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::ReplyError => StatusCode::BAD_GATEWAY,

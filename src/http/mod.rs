@@ -15,6 +15,7 @@ pub mod rate_limit;
 pub mod replays;
 pub mod request;
 pub mod scheduled;
+pub mod schemas;
 pub mod server;
 pub mod topology;
 
@@ -173,6 +174,8 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/api/replays", get(replays::list).post(replays::create))
         .route("/api/replays/{id}", get(replays::show))
         .route("/api/replays/{id}/cancel", post(replays::cancel))
+        .route("/api/schemas", get(schemas::list_schemas))
+        .route("/api/schemas/{event}/{version}", get(schemas::show_schema))
         .route("/api/queues", get(queues::list))
         .route("/api/queues/{queue}/stats", get(queues::stats))
         .route("/api/queues/{queue}/purge", post(queues::purge))

@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{error, failed, failure_groups, probes, publish, queues, replays, request, scheduled, topology};
+use super::{error, failed, failure_groups, probes, publish, queues, replays, request, scheduled, schemas, topology};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{error, failed, failure_groups, probes, publish, queues, replays, req
         queues::list, queues::stats, queues::purge, scheduled::list, scheduled::cancel,
         replays::create, replays::list, replays::show, replays::cancel,
         failure_groups::list, failure_groups::retry, failure_groups::delete, failed::edit_retry,
+        schemas::list_schemas, schemas::show_schema,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorCode, probes::Health, probes::Readiness,

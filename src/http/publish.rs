@@ -23,7 +23,7 @@ use super::{
     error::{ApiError, ErrorBody, ErrorCode},
     idempotency::{Claim, Idempotency, Ticket},
     rate_limit::RateLimits,
-    scheduled,
+    scheduled, schemas,
 };
 use crate::{
     amqp::{
@@ -365,11 +365,15 @@ async fn prepare<'a>(
     idempotency_key: Option<&str>,
     in_batch: bool,
 ) -> Prepared<'a> {
-    let input = match parse_input(value, prefix) {
+    let mut input = match parse_input(value, prefix) {
         Ok(input) => input,
         Err(fields) => return Prepared::Answered(Err(ApiError::validation(fields))),
     };
     if let Err(err) = check_target(state, client, &input.exchange) {
+        return Prepared::Answered(Err(err));
+    }
+    // Before the idempotency key and the rate limit: a refused message holds or spends neither.
+    if let Err(err) = schemas::check_event(state, &mut input, prefix) {
         return Prepared::Answered(Err(err));
     }
     let key = idempotency_key.map(str::to_owned).or_else(|| input.message_id.clone());
@@ -601,7 +605,10 @@ pub(super) enum PublishErrors {
     PayloadTooLarge(ErrorBody),
     #[response(status = 415, description = "unsupported_media_type")]
     UnsupportedMediaType(ErrorBody),
-    #[response(status = 422, description = "validation_failed, unknown_exchange, unroutable")]
+    #[response(
+        status = 422,
+        description = "validation_failed, unknown_exchange, unroutable, schema_violation (data against its event's schema), unknown_event"
+    )]
     Unprocessable(ErrorBody),
     #[response(status = 429, description = "rate_limited, with Retry-After")]
     RateLimited(ErrorBody),

@@ -18,6 +18,7 @@ use super::{
     auth::Caller,
     error::{ApiError, ErrorBody},
     publish::{PublishErrors, check_rate_limit, check_target, outgoing, parse_input, publishing_body},
+    schemas,
 };
 use crate::{amqp::replies::Reply, settings::RequestSettings, store::failed_messages::PayloadEncoding};
 
@@ -42,7 +43,7 @@ pub async fn request(
     let timeout = take_timeout(&mut value, &state.settings.request);
     let refused = refused_fields(&value);
     // Every problem at once: the body's, the timeout's and the delay's.
-    let (input, timeout) = match (parse_input(value, ""), timeout) {
+    let (mut input, timeout) = match (parse_input(value, ""), timeout) {
         (Ok(input), Ok(timeout)) if refused.is_empty() => {
             (input, timeout.unwrap_or(state.settings.request.default_timeout))
         }
@@ -54,6 +55,7 @@ pub async fn request(
         }
     };
     check_target(&state, &client, &input.exchange)?;
+    schemas::check_event(&state, &mut input, "")?;
     check_rate_limit(&state, &publishing, &client, &input.exchange)?;
     let (exchange, routing_key) = (input.exchange.clone(), input.routing_key.clone());
     let (message, _) = outgoing(&state, &client, input)?;

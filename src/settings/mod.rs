@@ -20,6 +20,7 @@ mod replay;
 mod request;
 mod retention;
 mod retry;
+mod schemas;
 mod topology;
 mod workers;
 
@@ -34,6 +35,7 @@ pub use replay::ReplaySettings;
 pub use request::RequestSettings;
 pub use retention::RetentionSettings;
 pub use retry::{MessageSettings, RetrySettings};
+pub use schemas::{SchemaSettings, UnknownEvents};
 pub use topology::TopologySettings;
 pub use workers::{IngestSettings, SchedulingSettings, StatsSettings};
 
@@ -87,6 +89,7 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub replay: ReplaySettings,
     pub failed: FailedSettings,
+    pub schemas: SchemaSettings,
     pub auth: AuthSettings,
     pub console: ConsoleSettings,
     pub topology: TopologySettings,

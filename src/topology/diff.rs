@@ -249,6 +249,7 @@ mod tests {
             }],
             rate_limits: vec![],
             users: vec![],
+            schemas: Default::default(),
         }
     }
 

@@ -27,6 +27,13 @@ pub struct TopologyFile {
     /// Broker users (one per service), their vhost permissions and topic permissions.
     #[serde(default)]
     pub users: Vec<UserSpec>,
+    /// JSON Schemas of events (`data` of the envelope), per event or pattern and version.
+    #[serde(default)]
+    pub schemas: Vec<SchemaSpec>,
+    /// Where `[[schemas]]` files are read from: the topology file's directory (set by `read`;
+    /// the working directory for a file parsed from text).
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +176,20 @@ pub struct TopicPermissionSpec {
     pub read: String,
 }
 
+/// One event schema: the `data` of messages whose `event` matches, in this `version`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSpec {
+    /// An event name (`order.created`) or a pattern (`order.*`, `order.#`), as in topic bindings.
+    pub event: String,
+    /// Dotted numbers (`1.0`, `2.1`), compared numerically.
+    pub version: String,
+    /// A JSON Schema file, relative to the topology file.
+    pub file: String,
+    /// Only for messages published to this exchange; any exchange when absent.
+    pub exchange: Option<String>,
+}
+
 fn any_key() -> String {
     ".*".to_owned()
 }
@@ -196,6 +217,9 @@ pub struct Topology {
     /// the process.
     #[serde(skip)]
     pub users: Vec<User>,
+    /// Compiled event schemas; listed by `GET /api/schemas`, not by `GET /api/topology`.
+    #[serde(skip)]
+    pub schemas: super::schemas::Schemas,
 }
 
 /// A broker user after validation: one password source, compiled-and-checked regexes.

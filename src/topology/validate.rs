@@ -2,7 +2,8 @@
 //!
 //! Validation never stops at the first error: an operator running `topology check` fixes the whole
 //! file in one pass. Errors come in file order — `queue_defaults`, `dead_letter_queues`,
-//! `exchanges`, `queues`, `bindings`, `rate_limits`, `users` (in `validate/users.rs`) — then the
+//! `exchanges`, `queues`, `bindings`, `rate_limits`, `users` (in `validate/users.rs`), `schemas`
+//! (in `validate/schemas.rs`, which also reads and compiles the schema files) — then the
 //! cross checks that only make sense once every section is known (derived dead-letter queues and
 //! their bindings). Within one item,
 //! the checks of single fields come first, then the checks that combine fields.
@@ -51,7 +52,9 @@ pub fn read(path: &Path) -> Result<TopologyFile, Vec<TopologyError>> {
             ),
         )]
     })?;
-    parse(&text).map_err(|err| vec![err])
+    let mut file = parse(&text).map_err(|err| vec![err])?;
+    file.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(file)
 }
 
 /// `No such file or directory (os error 2)` -> `No such file or directory`: the number helps nobody.
@@ -151,6 +154,7 @@ impl<'a> Validator<'a> {
         names.extend(file.queues.iter().map(|q| q.name.as_str()));
         names.extend(derived.iter().map(|d| d.queue.name.as_str()));
         let users = self.check_users(&users::EntityNames { names });
+        let schemas = self.check_schemas();
         self.cross_checks(&queues, &derived);
 
         if !self.errors.is_empty() {
@@ -170,6 +174,7 @@ impl<'a> Validator<'a> {
             bindings: all_bindings,
             rate_limits: rate_limits.into_iter().flatten().collect(),
             users: users.into_iter().flatten().collect(),
+            schemas,
         })
     }
 
@@ -936,6 +941,7 @@ fn derive_dead_letter_queues(file: &TopologyFile, queues: &[QueueOutcome], spec:
         .collect()
 }
 
+mod schemas;
 #[cfg(test)]
 mod tests;
 mod users;

@@ -520,7 +520,8 @@ async fn browser_walks_through_a_failure() {
     assert_eq!(queues, 11, "the shipped topology has the seed's 11 service queues");
 
     let body = json!({"exchange": "orders_exchange", "routing_key": "orders.created",
-        "message": {"event": "order.created", "data": {"order_id": 4242, "note": "<script>alert(1)</script>"}}});
+        "message": {"event": "order.created", "metadata": {"version": "1.0"},
+            "data": {"order_id": 4242, "note": "<script>alert(1)</script>"}}});
     assert_eq!(app.post_json("/api/messages/publish", &body).await.status(), 201);
     assert_eq!(reject_all(&env.settings, "orders_queue").await, 1);
     let pool = app.app.state.pool.clone().unwrap();

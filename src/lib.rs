@@ -18,6 +18,7 @@ pub mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 pub mod workers;
 
 #[cfg(test)]

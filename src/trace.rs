@@ -53,7 +53,11 @@ impl TraceContext {
 
     /// From an HTTP request's `traceparent` and `tracestate` headers.
     pub fn from_http(headers: &HeaderMap) -> Self {
-        let text = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+        };
         Self::continue_from(text(TRACEPARENT), text(TRACESTATE))
     }
 
@@ -67,6 +71,59 @@ impl TraceContext {
     }
 }
 
+/// The `traceparent` and `tracestate` headers of a message (none already among `headers`).
+pub fn headers_for(
+    ctx: &TraceContext,
+    headers: &[(String, lapin::types::AMQPValue)],
+) -> Vec<(String, lapin::types::AMQPValue)> {
+    use lapin::types::AMQPValue;
+    // A message of a batch may carry its own trace: it wins over the request's.
+    if headers.iter().any(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT)) {
+        return Vec::new();
+    }
+    let mut out = vec![(TRACEPARENT.to_owned(), AMQPValue::LongString(ctx.traceparent().into()))];
+    if let Some(state) = &ctx.tracestate {
+        out.push((TRACESTATE.to_owned(), AMQPValue::LongString(state.as_str().into())));
+    }
+    out
+}
+
+/// The trace id of a message's headers, for log lines ("-" when it has none).
+pub fn trace_id_in(headers: &[(String, lapin::types::AMQPValue)]) -> String {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT))
+        .and_then(|(_, value)| match value {
+            lapin::types::AMQPValue::LongString(s) => trace_id_of(&s.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// The trace id of a delivered message's headers, for log lines ("-" when it has none).
+pub fn trace_id_in_table(table: Option<&lapin::types::FieldTable>) -> String {
+    table
+        .and_then(|t| {
+            t.inner()
+                .iter()
+                .find(|(name, _)| name.as_str() == TRACEPARENT)
+                .map(|(_, v)| v.clone())
+        })
+        .and_then(|value| match value {
+            lapin::types::AMQPValue::LongString(s) => trace_id_of(&s.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// The trace id in stored headers (a JSON object), for log lines ("-" when there is none).
+pub fn trace_id_in_json(headers: Option<&str>) -> String {
+    headers
+        .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
+        .and_then(|h| h.get(TRACEPARENT).and_then(|v| v.as_str()).and_then(trace_id_of))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
 /// The trace id of a `traceparent` value, if it is one.
 pub fn trace_id_of(traceparent: &str) -> Option<String> {
     parse(traceparent).map(|(trace_id, _)| trace_id)
@@ -78,7 +135,8 @@ fn parse(value: &str) -> Option<(String, u8)> {
     let value = value.trim();
     let mut fields = value.split('-');
     let (version, trace_id, parent_id, flags) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let zero = |s: &str| s.bytes().all(|b| b == b'0');
     if !hex(version, 2) || version == "ff" || (version == "00" && fields.next().is_some()) {
         return None;
@@ -105,7 +163,10 @@ mod tests {
         let ctx = TraceContext::continue_from(Some(PARENT), Some("vendor=abc"));
         assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let out = ctx.traceparent();
-        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && out.ends_with("-01"), "{out}");
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && out.ends_with("-01"),
+            "{out}"
+        );
         assert_ne!(out, PARENT, "a new parent id for this hop");
         assert_eq!(parse(&out).unwrap().0, ctx.trace_id());
         assert_eq!(ctx.tracestate.as_deref(), Some("vendor=abc"));

@@ -15,6 +15,7 @@ use axum::{
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
+use tracing::{Instrument, info_span};
 
 use super::{
     AppState,
@@ -34,6 +35,7 @@ use crate::{
     settings::Scope,
     shared::Shared,
     store::message_logs::NewMessageLog,
+    trace::{self, TraceContext},
     workers::audit::{self, AuditSink},
 };
 
@@ -363,8 +365,10 @@ async fn prepare<'a>(
     value: Value,
     prefix: &str,
     idempotency_key: Option<&str>,
-    in_batch: bool,
+    trace: &TraceContext,
 ) -> Prepared<'a> {
+    // Batch items are the ones with a field prefix (`messages[i].`).
+    let in_batch = !prefix.is_empty();
     let mut input = match parse_input(value, prefix) {
         Ok(input) => input,
         Err(fields) => return Prepared::Answered(Err(ApiError::validation(fields))),
@@ -397,7 +401,7 @@ async fn prepare<'a>(
         Ok(at) => at,
         Err(err) => return Prepared::Answered(Err(err)),
     };
-    match outgoing(state, client, input) {
+    match outgoing(state, client, input, trace) {
         Ok((message, body)) => match deliver_at {
             None => Prepared::Ready { message, ticket, body },
             Some(deliver_at) => {
@@ -466,6 +470,7 @@ pub(super) fn outgoing(
     state: &AppState,
     client: &Client,
     input: PublishInput,
+    trace: &TraceContext,
 ) -> Result<(Arc<OutgoingMessage>, Value), ApiError> {
     let message_id = input.message_id.clone().unwrap_or_else(new_message_id);
     let envelope = complete_envelope(input.message, &client.name);
@@ -478,6 +483,7 @@ pub(super) fn outgoing(
         .iter()
         .map(|(name, value)| (name.clone(), headers::from_json(value)))
         .collect();
+    headers.extend(trace::headers_for(trace, &headers));
     headers.push(("published-by".into(), headers::from_json(&client.name.as_str().into())));
     let body = json!({
         "message_id": message_id,
@@ -537,13 +543,25 @@ async fn settle(
             ticket.complete(body.clone()).await;
         }
         if let Some(audit) = &publishing.audit {
+            // The trace headers go with it: a replay of this message continues its trace.
+            let trace_headers: serde_json::Map<String, Value> = message
+                .headers
+                .iter()
+                .filter(|(name, _)| name == trace::TRACEPARENT || name == trace::TRACESTATE)
+                .map(|(name, value)| (name.clone(), headers::to_json(value)))
+                .collect();
+            let metadata = if trace_headers.is_empty() {
+                json!({"client": client.name})
+            } else {
+                json!({"client": client.name, "headers": trace_headers})
+            };
             audit.record(NewMessageLog {
                 message_id: message.message_id.clone(),
                 exchange: message.exchange.clone(),
                 routing_key: message.routing_key.clone(),
                 payload: message.payload.clone(),
                 published_at: Utc::now(),
-                metadata: json!({"client": client.name}).to_string(),
+                metadata: metadata.to_string(),
             });
         }
     }
@@ -632,27 +650,33 @@ pub async fn publish(
     let started = Instant::now();
     let (publishing, value) = publishing_body(&state, &client, &headers, body, state.settings.app.max_body_bytes)?;
     let key = idempotency_key(&headers)?;
-    match prepare(&state, &publishing, &client, value, "", key.as_deref(), false).await {
-        Prepared::Answered(result) => result.map(|body| (scheduled::status_of(&body), Json(body))),
-        Prepared::Scheduled {
-            message,
-            deliver_at,
-            ticket,
-            body,
-        } => scheduled::store(&state, &client, &message, deliver_at, ticket, body)
-            .await
-            .map(|b| (StatusCode::ACCEPTED, Json(b))),
-        Prepared::Ready { message, ticket, body } => {
-            let outcome = publishing.publisher.publish(Arc::clone(&message)).await;
-            state
-                .metrics
-                .publish_duration_seconds
-                .observe(started.elapsed().as_secs_f64());
-            settle(&state, &publishing, &client, &message, outcome, ticket, body)
+    let trace = TraceContext::from_http(&headers);
+    let span = info_span!("publish", trace_id = %trace.trace_id());
+    async move {
+        match prepare(&state, &publishing, &client, value, "", key.as_deref(), &trace).await {
+            Prepared::Answered(result) => result.map(|body| (scheduled::status_of(&body), Json(body))),
+            Prepared::Scheduled {
+                message,
+                deliver_at,
+                ticket,
+                body,
+            } => scheduled::store(&state, &client, &message, deliver_at, ticket, body)
                 .await
-                .map(|b| (StatusCode::CREATED, Json(b)))
+                .map(|b| (StatusCode::ACCEPTED, Json(b))),
+            Prepared::Ready { message, ticket, body } => {
+                let outcome = publishing.publisher.publish(Arc::clone(&message)).await;
+                state
+                    .metrics
+                    .publish_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                settle(&state, &publishing, &client, &message, outcome, ticket, body)
+                    .await
+                    .map(|b| (StatusCode::CREATED, Json(b)))
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 #[utoipa::path(post, path = "/api/messages/publish/batch", operation_id = "publish_batch", tag = "messages", security(("bearer" = [])),
@@ -673,64 +697,69 @@ pub async fn publish_batch(
     let limit = state.settings.publish.max_batch_body_bytes;
     let (publishing, mut value) = publishing_body(&state, &client, &headers, body, limit)?;
     let items = batch_items(&mut value, state.settings.publish.max_batch_messages)?;
-
-    let mut slots = Vec::with_capacity(items.len());
-    let mut seen_ids = std::collections::HashSet::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let prefix = format!("messages[{index}].");
-        if let Some(id) = item.get("message_id").and_then(Value::as_str)
-            && !seen_ids.insert(id.to_owned())
-        {
-            let fields = BTreeMap::from([(format!("{prefix}message_id"), "appears twice in this batch".into())]);
-            slots.push(Prepared::Answered(Err(ApiError::validation(fields))));
-            continue;
+    let trace = TraceContext::from_http(&headers);
+    let span = info_span!("publish_batch", trace_id = %trace.trace_id(), messages = items.len());
+    async move {
+        let mut slots = Vec::with_capacity(items.len());
+        let mut seen_ids = std::collections::HashSet::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let prefix = format!("messages[{index}].");
+            if let Some(id) = item.get("message_id").and_then(Value::as_str)
+                && !seen_ids.insert(id.to_owned())
+            {
+                let fields = BTreeMap::from([(format!("{prefix}message_id"), "appears twice in this batch".into())]);
+                slots.push(Prepared::Answered(Err(ApiError::validation(fields))));
+                continue;
+            }
+            slots.push(prepare(&state, &publishing, &client, item, &prefix, None, &trace).await);
         }
-        slots.push(prepare(&state, &publishing, &client, item, &prefix, None, true).await);
-    }
-    let ready: Vec<Arc<OutgoingMessage>> = slots
-        .iter()
-        .filter_map(|slot| match slot {
-            Prepared::Ready { message, .. } => Some(Arc::clone(message)),
-            Prepared::Answered(_) | Prepared::Scheduled { .. } => None,
-        })
-        .collect();
-    let mut outcomes = publishing.publisher.publish_many(ready).await.into_iter();
-    state
-        .metrics
-        .publish_duration_seconds
-        .observe(started.elapsed().as_secs_f64());
+        let ready: Vec<Arc<OutgoingMessage>> = slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Prepared::Ready { message, .. } => Some(Arc::clone(message)),
+                Prepared::Answered(_) | Prepared::Scheduled { .. } => None,
+            })
+            .collect();
+        let mut outcomes = publishing.publisher.publish_many(ready).await.into_iter();
+        state
+            .metrics
+            .publish_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
 
-    let mut results = Vec::with_capacity(slots.len());
-    for (index, slot) in slots.into_iter().enumerate() {
-        let result = match slot {
-            Prepared::Answered(result) => result,
-            Prepared::Scheduled {
-                message,
-                deliver_at,
-                ticket,
-                body,
-            } => scheduled::store(&state, &client, &message, deliver_at, ticket, body).await,
-            Prepared::Ready { message, ticket, body } => {
-                let outcome = outcomes
-                    .next()
-                    .unwrap_or(PublishOutcome::Unavailable("no outcome".into()));
-                settle(&state, &publishing, &client, &message, outcome, ticket, body).await
-            }
-        };
-        results.push(match result {
-            Ok(mut body) => {
-                let status = scheduled::status_of(&body).as_u16();
-                body["index"] = index.into();
-                body["status"] = status.into();
-                body
-            }
-            Err(err) => err.to_item(index),
-        });
+        let mut results = Vec::with_capacity(slots.len());
+        for (index, slot) in slots.into_iter().enumerate() {
+            let result = match slot {
+                Prepared::Answered(result) => result,
+                Prepared::Scheduled {
+                    message,
+                    deliver_at,
+                    ticket,
+                    body,
+                } => scheduled::store(&state, &client, &message, deliver_at, ticket, body).await,
+                Prepared::Ready { message, ticket, body } => {
+                    let outcome = outcomes
+                        .next()
+                        .unwrap_or(PublishOutcome::Unavailable("no outcome".into()));
+                    settle(&state, &publishing, &client, &message, outcome, ticket, body).await
+                }
+            };
+            results.push(match result {
+                Ok(mut body) => {
+                    let status = scheduled::status_of(&body).as_u16();
+                    body["index"] = index.into();
+                    body["status"] = status.into();
+                    body
+                }
+                Err(err) => err.to_item(index),
+            });
+        }
+        // Built as a Value directly: `json!` would serialize (deep-copy) the results first.
+        let mut body = Map::new();
+        body.insert("results".into(), Value::Array(results));
+        Ok(Json(Value::Object(body)))
     }
-    // Built as a Value directly: `json!` would serialize (deep-copy) the results first.
-    let mut body = Map::new();
-    body.insert("results".into(), Value::Array(results));
-    Ok(Json(Value::Object(body)))
+    .instrument(span)
+    .await
 }
 
 /// The batch's `messages`: a list of 1 to `max` items.

@@ -13,6 +13,8 @@ use axum::{
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use tracing::{Instrument, info_span};
+
 use super::{
     AppState,
     auth::Caller,
@@ -20,7 +22,9 @@ use super::{
     publish::{PublishErrors, check_rate_limit, check_target, outgoing, parse_input, publishing_body},
     schemas,
 };
-use crate::{amqp::replies::Reply, settings::RequestSettings, store::failed_messages::PayloadEncoding};
+use crate::{
+    amqp::replies::Reply, settings::RequestSettings, store::failed_messages::PayloadEncoding, trace::TraceContext,
+};
 
 #[utoipa::path(post, path = "/api/messages/request", operation_id = "request_reply", tag = "messages", security(("bearer" = [])),
     request_body(content = Object, description = "A publish body plus \"timeout\"?: a duration (\"5s\", \"1500ms\") or milliseconds; default request.default_timeout, at most request.max_timeout"),
@@ -58,8 +62,13 @@ pub async fn request(
     schemas::check_event(&state, &mut input, "")?;
     check_rate_limit(&state, &publishing, &client, &input.exchange)?;
     let (exchange, routing_key) = (input.exchange.clone(), input.routing_key.clone());
-    let (message, _) = outgoing(&state, &client, input)?;
-    let outcome = publishing.replies.request(&message, started + timeout).await;
+    let trace = TraceContext::from_http(&headers);
+    let (message, _) = outgoing(&state, &client, input, &trace)?;
+    let outcome = publishing
+        .replies
+        .request(&message, started + timeout)
+        .instrument(info_span!("request", trace_id = %trace.trace_id()))
+        .await;
     let result = ApiError::from_request(outcome, &exchange, &routing_key, timeout)
         .map(|reply| Json(reply_body(&message.message_id, reply)));
     let metrics = &state.metrics;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Worker, applier::TopologyState, ticker};
+use crate::trace;
 use crate::{
     amqp::{
         connection::{Link, LinkReceiver, wait_for_link},
@@ -127,6 +128,16 @@ impl Ingester {
         channel
             .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
             .await?;
+        // One line per dead letter, with its trace id: a message can be followed through the logs.
+        for (delivery, row) in batch.iter().filter(|d| !replies::is_request(&d.properties)).zip(&rows) {
+            info!(
+                queue = %queue.source_queue,
+                message_id = %row.message_id,
+                trace_id = %trace::trace_id_in_table(delivery.properties.headers().as_ref()),
+                status = row.status.as_str(),
+                "Dead letter stored."
+            );
+        }
         let exhausted = rows.iter().filter(|r| r.status == Status::Failed).count();
         if exhausted > 0 {
             self.metrics

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Worker, ticker};
+use crate::trace;
 use crate::{
     amqp::{
         headers,
@@ -106,7 +107,7 @@ impl Retrier {
         if outcome == PublishOutcome::Confirmed {
             failed_messages::mark_edited(&self.pool, &claimed, &copy.message_id).await?;
             self.metrics.retries_total.with_label_values(&["edited"]).inc();
-            info!(id, message_id = %claimed.message_id, copy = %copy.message_id, editor, "Edited copy of a failed message published.");
+            info!(id, message_id = %claimed.message_id, copy = %copy.message_id, trace_id = %trace::trace_id_in(&copy.headers), editor, "Edited copy of a failed message published.");
         } else {
             failed_messages::unclaim(&self.pool, &claimed, before).await?;
             warn!(id, message_id = %claimed.message_id, ?outcome, "Edited copy not confirmed by the broker; the original is back as it was.");
@@ -132,6 +133,13 @@ impl Retrier {
         for (row, outcome) in claimed.iter().zip(outcomes) {
             if outcome == PublishOutcome::Confirmed {
                 failed_messages::mark_resolved(&self.pool, row).await?;
+                info!(
+                    id = row.id,
+                    message_id = %row.message_id,
+                    trace_id = %trace::trace_id_in_json(row.headers.as_deref()),
+                    attempt = row.retry_count,
+                    "Failed message republished."
+                );
                 republished_ids.push(row.message_id.as_str());
                 self.metrics.retries_total.with_label_values(&["resolved"]).inc();
                 report.resolved += 1;

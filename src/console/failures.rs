@@ -14,7 +14,7 @@ use serde_json::Value;
 use tracing::info;
 
 use super::{
-    api_error_page,
+    api_error_page, described,
     layout::{count, error_page, page, time},
     see_other,
     session::{Flash, Operator},
@@ -52,13 +52,7 @@ fn filters(
         .into_iter()
         .filter(|(_, v)| !v.trim().is_empty())
         .collect();
-    let parsed = parse_query(&pairs, true).map_err(|fields| {
-        fields
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    });
+    let parsed = parse_query(&pairs, true).map_err(|fields| described(&fields));
     (pairs, parsed)
 }
 
@@ -120,13 +114,7 @@ pub async fn group(
     let (mut pairs, _) = filters(query);
     pairs.retain(|(k, _)| k != "fingerprint");
     pairs.push(("fingerprint".into(), fingerprint.clone()));
-    let parsed = parse_query(&pairs, true).map_err(|fields| {
-        fields
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    });
+    let parsed = parse_query(&pairs, true).map_err(|fields| described(&fields));
     let (status, results) = match parsed {
         Err(message) => (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -286,6 +274,9 @@ async fn rows(
     })
 }
 
+/// Query or form fields, in their order.
+type Pairs = Vec<(String, String)>;
+
 /// A bulk action on the filtered set.
 #[derive(Clone, Copy, PartialEq)]
 enum Bulk {
@@ -311,19 +302,19 @@ impl Bulk {
 }
 
 /// The checked filters of a bulk action's query or form (other fields are ignored).
-fn bulk_filters(pairs: Vec<(String, String)>) -> Result<(Vec<(String, String)>, ListQuery), String> {
+fn bulk_filters(client: &Client, pairs: Vec<(String, String)>) -> Result<(Pairs, ListQuery), Box<Response>> {
     let pairs: Vec<(String, String)> = pairs
         .into_iter()
         .filter(|(k, v)| FILTERS.contains(&k.as_str()) && !v.is_empty())
         .collect();
-    let query = parse_query(&pairs, false).map_err(|fields| {
-        fields
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
-    Ok((pairs, query))
+    match parse_query(&pairs, false) {
+        Ok(query) => Ok((pairs, query)),
+        Err(fields) => Err(Box::new(error_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(client),
+            &format!("Bad filter: {}", described(&fields)),
+        ))),
+    }
 }
 
 /// The confirmation page of a bulk action: the count it will touch and the filters spelled out.
@@ -343,15 +334,9 @@ pub async fn confirm(
             "Unknown action: retry or delete.",
         );
     };
-    let (pairs, query) = match bulk_filters(raw) {
+    let (pairs, query) = match bulk_filters(&client, raw) {
         Ok(checked) => checked,
-        Err(message) => {
-            return error_page(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Some(&client),
-                &format!("Bad filter: {message}"),
-            );
-        }
+        Err(page) => return *page,
     };
     let touched = match super::pool(&state) {
         Ok(pool) => match action {
@@ -413,15 +398,9 @@ async fn bulk(state: AppState, client: std::sync::Arc<Client>, action: Bulk, pai
     if let Err(err) = client.require(Scope::Operate) {
         return api_error_page(&client, err);
     }
-    let (pairs, query) = match bulk_filters(pairs) {
+    let (pairs, query) = match bulk_filters(&client, pairs) {
         Ok(checked) => checked,
-        Err(message) => {
-            return error_page(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Some(&client),
-                &format!("Bad filter: {message}"),
-            );
-        }
+        Err(page) => return *page,
     };
     let done = match super::pool(&state) {
         Ok(pool) => match action {

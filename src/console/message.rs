@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{
-    api_error_page,
+    api_error_page, described,
     layout::{error_page, page, time},
     see_other,
     session::{Flash, Operator},
@@ -202,17 +202,27 @@ fn headers(headers: Option<&Value>) -> Markup {
     }
 }
 
-pub async fn retry(State(state): State<AppState>, Operator(client): Operator, Path(raw): Path<String>) -> Response {
-    let Some(id) = parse_id(&raw) else {
-        return error_page(
+/// The row id of an action's path, once the client may act (scope `operate`); else the page.
+fn actionable(client: &Client, raw: &str) -> Result<u64, Box<Response>> {
+    let Some(id) = parse_id(raw) else {
+        let page = error_page(
             StatusCode::NOT_FOUND,
-            Some(&client),
+            Some(client),
             &format!("No failed message `{raw}`."),
         );
+        return Err(Box::new(page));
     };
-    if let Err(err) = client.require(Scope::Operate) {
-        return api_error_page(&client, err);
-    }
+    client
+        .require(Scope::Operate)
+        .map_err(|err| Box::new(api_error_page(client, err)))?;
+    Ok(id)
+}
+
+pub async fn retry(State(state): State<AppState>, Operator(client): Operator, Path(raw): Path<String>) -> Response {
+    let id = match actionable(&client, &raw) {
+        Ok(id) => id,
+        Err(page) => return *page,
+    };
     let Some(retrier) = state.retrier.as_ref() else {
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -235,16 +245,10 @@ pub async fn retry(State(state): State<AppState>, Operator(client): Operator, Pa
 }
 
 pub async fn delete(State(state): State<AppState>, Operator(client): Operator, Path(raw): Path<String>) -> Response {
-    let Some(id) = parse_id(&raw) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            Some(&client),
-            &format!("No failed message `{raw}`."),
-        );
+    let id = match actionable(&client, &raw) {
+        Ok(id) => id,
+        Err(page) => return *page,
     };
-    if let Err(err) = client.require(Scope::Operate) {
-        return api_error_page(&client, err);
-    }
     let deleted = match super::pool(&state) {
         Ok(pool) => stored(failed_messages::delete(pool, id).await),
         Err(err) => Err(err),
@@ -274,16 +278,10 @@ pub async fn edit_retry(
     Path(raw): Path<String>,
     form: Result<Form<EditForm>, FormRejection>,
 ) -> Response {
-    let Some(id) = parse_id(&raw) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            Some(&client),
-            &format!("No failed message `{raw}`."),
-        );
+    let id = match actionable(&client, &raw) {
+        Ok(id) => id,
+        Err(page) => return *page,
     };
-    if let Err(err) = client.require(Scope::Operate) {
-        return api_error_page(&client, err);
-    }
     if !state.settings.failed.edit_enabled {
         return error_page(
             StatusCode::FORBIDDEN,
@@ -296,15 +294,7 @@ pub async fn edit_retry(
     };
     let edit = serde_json::from_str::<Value>(&form.payload)
         .map_err(|err| format!("Not valid JSON: {err}."))
-        .and_then(|payload| {
-            edit::parse(json!({ "payload": payload })).map_err(|fields| {
-                fields
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-        });
+        .and_then(|payload| edit::parse(json!({ "payload": payload })).map_err(|fields| described(&fields)));
     let edit = match edit {
         Ok(edit) => edit,
         Err(error) => {

@@ -125,6 +125,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
 }
 
+/// Every bad field, as one line: `status: must be one of ...; from: ...`.
+fn described(fields: &std::collections::BTreeMap<String, String>) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// 303 to `location` with a flash line for the next page.
 fn see_other(state: &AppState, location: &str, flash: &str) -> Response {
     let mut response = Redirect::to(location).into_response();

@@ -1,5 +1,6 @@
-//! Latency of the failure-group reads on a large table: `GET /api/messages/failed/groups` and a
-//! filtered page of one group's rows, over 100,000 failed messages in 200 groups. Run by
+//! Latency of the failure-group reads on a large table: the console's groups page and a group's
+//! page, `GET /api/messages/failed/groups` and a filtered page of one group's rows, over 100,000
+//! failed messages in 200 groups. Run by
 //! `scripts/bench.sh groups` (which starts the service on its bench database), or by hand against
 //! a running service:
 //!
@@ -106,7 +107,17 @@ async fn main() -> Result<()> {
     );
 
     let http = reqwest::Client::new();
+    let session = console_session(&cli.url, &cli.token).await?;
+    let first = fingerprints[0].clone();
     let scenarios: Vec<(&str, PathOf)> = vec![
+        (
+            "console: /console/failures (the groups page)",
+            Box::new(|_| "/console/failures".into()),
+        ),
+        (
+            "console: a group's page, status=failed",
+            Box::new(move |_| format!("/console/failures/{first}?status=failed")),
+        ),
         ("groups, first page", Box::new(|_| "/api/messages/failed/groups".into())),
         (
             "groups, status=failed",
@@ -134,7 +145,13 @@ async fn main() -> Result<()> {
         for i in 0..10 + cli.requests {
             let url = format!("{}{}", cli.url.trim_end_matches('/'), path(i));
             let sent = Instant::now();
-            let response = http.get(&url).bearer_auth(&cli.token).send().await?;
+            // Console pages take the session cookie, the API the bearer token.
+            let request = if url.contains("/console/") {
+                http.get(&url).header(reqwest::header::COOKIE, &session)
+            } else {
+                http.get(&url).bearer_auth(&cli.token)
+            };
+            let response = request.send().await?;
             let status = response.status();
             let body = response.bytes().await?;
             let took = sent.elapsed();
@@ -160,6 +177,27 @@ async fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Logs in to the console as an operator does; the `mb_session=...` cookie of the answer.
+async fn console_session(url: &str, token: &str) -> Result<String> {
+    let url = url.trim_end_matches('/');
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .post(format!("{url}/console/login"))
+        .header(reqwest::header::ORIGIN, url)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await?;
+    let cookie = response
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    cookie.with_context(|| format!("console login answered {} without a session", response.status()))
 }
 
 /// One row per group through the store (its real fingerprint), then copies in SQL.

@@ -274,6 +274,31 @@ fn kubernetes_service_variables_are_not_settings() {
     assert_eq!(code, 2, "{stderr}");
 }
 
+/// The example Secret's `auth.toml` is a valid settings layer, as the README tells the operator
+/// to copy it: its clients and the console's session key load.
+#[test]
+fn the_example_secrets_auth_toml_is_a_valid_settings_layer() {
+    let secret = std::fs::read_to_string("compose/kubernetes/base/secret.example.yaml").unwrap();
+    let auth_toml: String = secret
+        .lines()
+        .skip_while(|line| line.trim() != "auth.toml: |")
+        .skip(1)
+        .take_while(|line| line.starts_with("    ") || line.is_empty())
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth.toml");
+    std::fs::write(&file, &auth_toml).unwrap();
+    let settings = messages_broker::settings::Settings::load(std::path::Path::new("config"), Some(&file))
+        .unwrap_or_else(|err| panic!("{err}\n{auth_toml}"));
+    let names: Vec<&str> = settings.auth.clients.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        names.contains(&"orders-service") && names.contains(&"operations"),
+        "{names:?}"
+    );
+    assert!(settings.console.session_key.expose().len() >= 32);
+}
+
 #[test]
 fn topology_check_prints_every_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -90,30 +90,31 @@ pub fn headers_for(
 
 /// The trace id of a message's headers, for log lines ("-" when it has none).
 pub fn trace_id_in(headers: &[(String, lapin::types::AMQPValue)]) -> String {
-    headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT))
-        .and_then(|(_, value)| match value {
-            lapin::types::AMQPValue::LongString(s) => trace_id_of(&s.to_string()),
-            _ => None,
-        })
-        .unwrap_or_else(|| "-".to_owned())
+    logged(
+        headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT))
+            .map(|(_, v)| v),
+    )
 }
 
 /// The trace id of a delivered message's headers, for log lines ("-" when it has none).
 pub fn trace_id_in_table(table: Option<&lapin::types::FieldTable>) -> String {
-    table
-        .and_then(|t| {
-            t.inner()
-                .iter()
-                .find(|(name, _)| name.as_str() == TRACEPARENT)
-                .map(|(_, v)| v.clone())
-        })
-        .and_then(|value| match value {
-            lapin::types::AMQPValue::LongString(s) => trace_id_of(&s.to_string()),
-            _ => None,
-        })
-        .unwrap_or_else(|| "-".to_owned())
+    logged(table.and_then(|t| {
+        t.inner()
+            .iter()
+            .find(|(name, _)| name.as_str().eq_ignore_ascii_case(TRACEPARENT))
+            .map(|(_, v)| v)
+    }))
+}
+
+/// A `traceparent` header value's trace id, or "-".
+fn logged(value: Option<&lapin::types::AMQPValue>) -> String {
+    match value {
+        Some(lapin::types::AMQPValue::LongString(s)) => trace_id_of(&s.to_string()),
+        _ => None,
+    }
+    .unwrap_or_else(|| "-".to_owned())
 }
 
 /// The trace id in stored headers (a JSON object), for log lines ("-" when there is none).

@@ -42,16 +42,21 @@ const FILTERS: [&str; 8] = [
     "fingerprint",
 ];
 
-/// The query's filters without the empty fields a GET form sends, each checked like the API's.
+/// The query's filters without the empty fields a GET form sends (a group's page adds its
+/// fingerprint), each checked like the API's.
 fn filters(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    fingerprint: Option<&str>,
 ) -> (Vec<(String, String)>, Result<ListQuery, String>) {
-    let pairs: Vec<(String, String)> = query
+    let mut pairs: Vec<(String, String)> = query
         .map(|Query(pairs)| pairs)
         .unwrap_or_default()
         .into_iter()
-        .filter(|(_, v)| !v.trim().is_empty())
+        .filter(|(k, v)| !v.trim().is_empty() && (fingerprint.is_none() || k != "fingerprint"))
         .collect();
+    if let Some(fingerprint) = fingerprint {
+        pairs.push(("fingerprint".into(), fingerprint.to_owned()));
+    }
     let parsed = parse_query(&pairs, true).map_err(|fields| described(&fields));
     (pairs, parsed)
 }
@@ -80,30 +85,9 @@ pub async fn groups(
     Flash(flash): Flash,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    let (pairs, parsed) = filters(query);
-    let (status, results) = match parsed {
-        Err(message) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            html! { p.error role="alert" { "Bad filter: " (message) } },
-        ),
-        Ok(query) => match group_table(&state, &client, &pairs, &query).await {
-            Ok(markup) => (StatusCode::OK, markup),
-            Err(err) => return api_error_page(&client, err),
-        },
-    };
-    let body = html! {
-        h1 { "Failures" }
-        (filter_form(&state, &pairs, "/console/failures"))
-        (results)
-    };
-    (
-        status,
-        Html(page("Failures", Some(&client), flash.as_deref(), body).into_string()),
-    )
-        .into_response()
+    listing(&state, &client, flash.as_deref(), None, query).await
 }
 
-/// One group's messages: the list filters plus the group's fingerprint.
 pub async fn group(
     State(state): State<AppState>,
     Operator(client): Operator,
@@ -111,31 +95,51 @@ pub async fn group(
     Path(fingerprint): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    let (mut pairs, _) = filters(query);
-    pairs.retain(|(k, _)| k != "fingerprint");
-    pairs.push(("fingerprint".into(), fingerprint.clone()));
-    let parsed = parse_query(&pairs, true).map_err(|fields| described(&fields));
+    listing(&state, &client, flash.as_deref(), Some(&fingerprint), query).await
+}
+
+/// A failures page: the filter form, then the groups, or the messages of the group with
+/// `fingerprint` (422 for a bad filter).
+async fn listing(
+    state: &AppState,
+    client: &Client,
+    flash: Option<&str>,
+    fingerprint: Option<&str>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let (pairs, parsed) = filters(query, fingerprint);
     let (status, results) = match parsed {
         Err(message) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             html! { p.error role="alert" { "Bad filter: " (message) } },
         ),
-        Ok(query) => match rows(&state, &client, &pairs, &query).await {
-            Ok(markup) => (StatusCode::OK, markup),
-            Err(err) => return api_error_page(&client, err),
-        },
+        Ok(query) => {
+            let table = match fingerprint {
+                None => group_table(state, client, &pairs, &query).await,
+                Some(_) => rows(state, client, &pairs, &query).await,
+            };
+            match table {
+                Ok(markup) => (StatusCode::OK, markup),
+                Err(err) => return api_error_page(client, err),
+            }
+        }
+    };
+    let (title, action) = match fingerprint {
+        None => ("Failures", "/console/failures".to_owned()),
+        Some(fingerprint) => ("Failure group", format!("/console/failures/{fingerprint}")),
     };
     let body = html! {
-        h1 { "Failure group " code { (fingerprint) } }
-        p { a href="/console/failures" { "← All groups" } }
-        (filter_form(&state, &pairs, &format!("/console/failures/{fingerprint}")))
+        @match fingerprint {
+            None => h1 { "Failures" },
+            Some(fingerprint) => {
+                h1 { "Failure group " code { (fingerprint) } }
+                p { a href="/console/failures" { "← All groups" } }
+            }
+        }
+        (filter_form(state, &pairs, &action))
         (results)
     };
-    (
-        status,
-        Html(page("Failure group", Some(&client), flash.as_deref(), body).into_string()),
-    )
-        .into_response()
+    (status, Html(page(title, Some(client), flash, body).into_string())).into_response()
 }
 
 async fn group_table(
@@ -144,7 +148,7 @@ async fn group_table(
     pairs: &[(String, String)],
     query: &ListQuery,
 ) -> Result<Markup, ApiError> {
-    let pool = super::pool(state)?;
+    let pool = state.database()?;
     let (groups, total) = stored(failed_messages::groups(pool, &query.filter, query.page, query.per_page).await)?;
     let last_page = total.div_ceil(u64::from(query.per_page)).max(1);
     let filters = encoded(pairs, &["page", "per_page"]);
@@ -240,7 +244,7 @@ async fn rows(
     pairs: &[(String, String)],
     query: &ListQuery,
 ) -> Result<Markup, ApiError> {
-    let pool = super::pool(state)?;
+    let pool = state.database()?;
     let (rows, total) = stored(failed_messages::list(pool, &query.filter, query.page, query.per_page).await)?;
     let last_page = total.div_ceil(u64::from(query.per_page)).max(1);
     let filters = encoded(pairs, &["page", "per_page"]);
@@ -338,7 +342,7 @@ pub async fn confirm(
         Ok(checked) => checked,
         Err(page) => return *page,
     };
-    let touched = match super::pool(&state) {
+    let touched = match state.database() {
         Ok(pool) => match action {
             Bulk::Retry => stored(failed_messages::count_retryable(pool, &query.filter).await),
             Bulk::Delete => stored(failed_messages::list(pool, &query.filter, 1, 1).await).map(|(_, total)| total),
@@ -402,7 +406,7 @@ async fn bulk(state: AppState, client: std::sync::Arc<Client>, action: Bulk, pai
         Ok(checked) => checked,
         Err(page) => return *page,
     };
-    let done = match super::pool(&state) {
+    let done = match state.database() {
         Ok(pool) => match action {
             Bulk::Retry => stored(failed_messages::make_due(pool, &query.filter).await),
             Bulk::Delete => stored(failed_messages::delete_matching(pool, &query.filter).await),

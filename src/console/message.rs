@@ -25,6 +25,7 @@ use crate::{
         AppState,
         auth::Client,
         error::{ApiError, stored},
+        positive_id,
         publish::new_message_id,
     },
     settings::Scope,
@@ -34,17 +35,13 @@ use crate::{
 /// Payloads longer than this many lines are folded behind a `<details>`.
 const FOLD_LINES: usize = 200;
 
-fn parse_id(raw: &str) -> Option<u64> {
-    raw.parse::<u64>().ok().filter(|id| *id > 0)
-}
-
 pub async fn show(
     State(state): State<AppState>,
     Operator(client): Operator,
     Flash(flash): Flash,
     Path(raw): Path<String>,
 ) -> Response {
-    let Some(id) = parse_id(&raw) else {
+    let Some(id) = positive_id(&raw) else {
         return error_page(
             StatusCode::NOT_FOUND,
             Some(&client),
@@ -163,7 +160,7 @@ fn link_to(message_id: &str, row: Option<u64>, label: &str) -> Markup {
 }
 
 async fn load(state: &AppState, id: u64) -> Result<FailedMessage, ApiError> {
-    stored(failed_messages::find(super::pool(state)?, id).await)?
+    stored(failed_messages::find(state.database()?, id).await)?
         .ok_or_else(|| ApiError::not_found(format!("No failed message {id}.")))
 }
 
@@ -204,7 +201,7 @@ fn headers(headers: Option<&Value>) -> Markup {
 
 /// The row id of an action's path, once the client may act (scope `operate`); else the page.
 fn actionable(client: &Client, raw: &str) -> Result<u64, Box<Response>> {
-    let Some(id) = parse_id(raw) else {
+    let Some(id) = positive_id(raw) else {
         let page = error_page(
             StatusCode::NOT_FOUND,
             Some(client),
@@ -249,7 +246,7 @@ pub async fn delete(State(state): State<AppState>, Operator(client): Operator, P
         Ok(id) => id,
         Err(page) => return *page,
     };
-    let deleted = match super::pool(&state) {
+    let deleted = match state.database() {
         Ok(pool) => stored(failed_messages::delete(pool, id).await),
         Err(err) => Err(err),
     };

@@ -148,13 +148,6 @@ fn api_error_page(client: &Client, err: ApiError) -> Response {
     error_page(err.status(), Some(client), &err.message)
 }
 
-fn pool(state: &AppState) -> Result<&sqlx::MySqlPool, ApiError> {
-    state
-        .pool
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("Failed messages are served by processes with a database."))
-}
-
 async fn login_form(State(state): State<AppState>, headers: HeaderMap, Flash(flash): Flash) -> Response {
     if state.sessions.operator(&state, &headers).is_some() {
         return Redirect::to("/console/").into_response();

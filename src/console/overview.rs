@@ -15,7 +15,7 @@ use super::{
 use crate::{
     http::AppState,
     roles::Role,
-    topology::{QueueRole, Topology},
+    topology::Topology,
     workers::stats::{QueueStats, Snapshot, Source},
 };
 
@@ -41,9 +41,7 @@ pub fn rows<'a>(topology: &'a Topology, snapshot: &'a Snapshot) -> Vec<Row<'a>> 
         .filter(|q| !q.is_dead_letter())
         .map(|queue| {
             let dead_letter = topology
-                .queues
-                .iter()
-                .find(|d| matches!(&d.role, QueueRole::DeadLetter { source_queue } if *source_queue == queue.name))
+                .dead_letter_queue_of(&queue.name)
                 .and_then(|d| snapshot.queue(&d.name));
             let stats = snapshot.queue(&queue.name);
             let mut alerts = stats.map(alerts_of).unwrap_or_default();

@@ -23,7 +23,7 @@ use crate::{
     amqp::calls,
     http::{AppState, auth::Client, error::ApiError},
     settings::Scope,
-    topology::{QueueRole, validate::is_plain_name},
+    topology::validate::is_plain_name,
 };
 
 const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,15 +48,8 @@ fn render(state: &AppState, client: &Client, name: &str, flash: Option<&str>, pu
             &format!("No queue `{name}` in the topology nor on the broker."),
         );
     }
-    let dead_letter = state
-        .topology
-        .queues
-        .iter()
-        .find(|d| matches!(&d.role, QueueRole::DeadLetter { source_queue } if source_queue == name));
-    let source = declared.and_then(|q| match &q.role {
-        QueueRole::DeadLetter { source_queue } => Some(source_queue.as_str()),
-        QueueRole::Service => None,
-    });
+    let dead_letter = state.topology.dead_letter_queue_of(name);
+    let source = declared.and_then(|q| q.source_queue());
     let body = html! {
         h1 { "Queue " (name) }
         @if let Some(snapshot) = &snapshot {

@@ -135,17 +135,7 @@ fn path_id(path: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
 
 /// Ids are positive integers; anything else cannot name a row.
 fn parse_id(raw: &str) -> Result<u64, ApiError> {
-    raw.parse::<u64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::not_found(format!("No failed message `{raw}`.")))
-}
-
-pub(super) fn pool(state: &AppState) -> Result<&sqlx::MySqlPool, ApiError> {
-    state
-        .pool
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("Failed messages are served by the `api` role."))
+    super::positive_id(raw).ok_or_else(|| ApiError::not_found(format!("No failed message `{raw}`.")))
 }
 
 #[utoipa::path(get, path = "/api/messages/failed", operation_id = "list_failed_messages", tag = "failed messages", security(("bearer" = [])),
@@ -170,7 +160,8 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Read)?;
     let query = parse_query(&query_pairs(query)?, true).map_err(ApiError::validation)?;
-    let (data, total) = stored(failed_messages::list(pool(&state)?, &query.filter, query.page, query.per_page).await)?;
+    let (data, total) =
+        stored(failed_messages::list(state.database()?, &query.filter, query.page, query.per_page).await)?;
     Ok(Json(page_of(json!(data), total, query.page, query.per_page)))
 }
 
@@ -196,7 +187,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Read)?;
     let id = path_id(id)?;
-    let row = stored(failed_messages::find(pool(&state)?, id).await)?
+    let row = stored(failed_messages::find(state.database()?, id).await)?
         .ok_or_else(|| ApiError::not_found(format!("No failed message {id}.")))?;
     Ok(Json(json!(row)))
 }
@@ -250,7 +241,7 @@ pub async fn retry_matching(
     client.require(Scope::Operate)?;
     let pairs = filter_pairs(&state, query, &headers, body)?;
     let query = parse_query(&pairs, false).map_err(ApiError::validation)?;
-    let queued = stored(failed_messages::make_due(pool(&state)?, &query.filter).await)?;
+    let queued = stored(failed_messages::make_due(state.database()?, &query.filter).await)?;
     info!(client = %client.name, queued, filter = ?query.filter, "Bulk retry queued.");
     Ok(Json(json!({ "queued": queued })))
 }
@@ -294,7 +285,7 @@ pub async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
     let id = path_id(id)?;
-    if !stored(failed_messages::delete(pool(&state)?, id).await)? {
+    if !stored(failed_messages::delete(state.database()?, id).await)? {
         return Err(ApiError::not_found(format!("No failed message {id}.")));
     }
     info!(client = %client.name, id, "Failed message deleted.");

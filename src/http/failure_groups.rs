@@ -23,7 +23,7 @@ use super::{
     AppState,
     auth::Caller,
     error::{ApiError, ErrorBody, stored},
-    failed::{filter_pairs, page_of, parse_query, pool, query_pairs},
+    failed::{filter_pairs, page_of, parse_query, query_pairs},
 };
 use crate::{
     fingerprint,
@@ -54,7 +54,7 @@ pub async fn list(
     client.require(Scope::Read)?;
     let query = parse_query(&query_pairs(query)?, true).map_err(ApiError::validation)?;
     let (groups, total) =
-        stored(failed_messages::groups(pool(&state)?, &query.filter, query.page, query.per_page).await)?;
+        stored(failed_messages::groups(state.database()?, &query.filter, query.page, query.per_page).await)?;
     Ok(Json(page_of(json!(groups), total, query.page, query.per_page)))
 }
 
@@ -79,7 +79,7 @@ pub async fn retry(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
     let filter = group_filter(&state, path, query, &headers, body)?;
-    let queued = stored(failed_messages::make_due(pool(&state)?, &filter).await)?;
+    let queued = stored(failed_messages::make_due(state.database()?, &filter).await)?;
     info!(client = %client.name, queued, filter = ?filter, "Failure group retry queued.");
     Ok(Json(json!({ "queued": queued })))
 }
@@ -105,7 +105,7 @@ pub async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
     let filter = group_filter(&state, path, query, &headers, body)?;
-    let deleted = stored(failed_messages::delete_matching(pool(&state)?, &filter).await)?;
+    let deleted = stored(failed_messages::delete_matching(state.database()?, &filter).await)?;
     info!(client = %client.name, deleted, filter = ?filter, "Failure group deleted.");
     Ok(Json(json!({ "deleted": deleted })))
 }

@@ -100,6 +100,19 @@ impl AppContext {
             sessions: crate::console::session::Sessions::from_settings(&shared.settings.console),
         }
     }
+
+    /// The database of the routes that read rows; `None` only in processes without a role that
+    /// needs one, which also serve none of those routes.
+    pub fn database(&self) -> Result<&MySqlPool, error::ApiError> {
+        self.pool.as_ref().ok_or_else(|| {
+            error::ApiError::not_found("This process has no database; rows are served by the `api` role.")
+        })
+    }
+}
+
+/// A row id of a path: a positive integer, else nothing can be named by it.
+pub fn positive_id(raw: &str) -> Option<u64> {
+    raw.parse::<u64>().ok().filter(|id| *id > 0)
 }
 
 /// Binds the HTTP port (0 in tests) and serves until the first stage stops, under the limits of

@@ -197,13 +197,6 @@ fn text(value: Value, field: &str, fields: &mut BTreeMap<String, String>) -> Opt
     }
 }
 
-fn pool(state: &AppState) -> Result<&sqlx::MySqlPool, ApiError> {
-    state
-        .pool
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("Replays are served by the `api` role."))
-}
-
 /// The oldest `published_at` the audit trail still holds (`retention.message_logs` ago).
 fn retention_horizon(state: &AppState) -> DateTime<Utc> {
     let keep = chrono::Duration::from_std(state.settings.retention.message_logs).unwrap_or(chrono::Duration::MAX);
@@ -274,7 +267,7 @@ pub async fn create(
     let request =
         parse_request(json_body(&headers, body, state.settings.app.max_body_bytes)?).map_err(ApiError::validation)?;
     destination(&state, &client, &request)?;
-    let pool = pool(&state)?;
+    let pool = state.database()?;
     let (count, until_log_id) = stored(replays::count_matching(pool, &request.filter).await)?;
     let horizon = retention_horizon(&state);
     let past_retention = request.filter.from.is_some_and(|from| from < horizon);
@@ -370,7 +363,7 @@ pub async fn list(
     if !fields.is_empty() {
         return Err(ApiError::validation(fields));
     }
-    let replays = stored(replays::list(pool(&state)?, limit).await)?;
+    let replays = stored(replays::list(state.database()?, limit).await)?;
     Ok(Json(
         json!({ "data": replays.iter().map(replay_body).collect::<Vec<_>>() }),
     ))
@@ -380,7 +373,7 @@ pub async fn list(
 fn replay_id(path: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
     let not_found = || ApiError::not_found("No such replay.");
     match path {
-        Ok(Path(raw)) => raw.parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(not_found),
+        Ok(Path(raw)) => super::positive_id(&raw).ok_or_else(not_found),
         Err(_) => Err(not_found()),
     }
 }
@@ -397,7 +390,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Read)?;
     let id = replay_id(id)?;
-    let replay = stored(replays::find(pool(&state)?, id).await)?
+    let replay = stored(replays::find(state.database()?, id).await)?
         .ok_or_else(|| ApiError::not_found(format!("No replay {id}.")))?;
     Ok(Json(replay_body(&replay)))
 }
@@ -414,7 +407,7 @@ pub async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Operate)?;
     let id = replay_id(id)?;
-    match stored(replays::cancel(pool(&state)?, id).await)? {
+    match stored(replays::cancel(state.database()?, id).await)? {
         Ok(replay) => {
             info!(client = %client.name, replay = id, published = replay.published, "Replay cancelled.");
             Ok(Json(replay_body(&replay)))

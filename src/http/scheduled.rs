@@ -21,7 +21,7 @@ use super::{
     AppState,
     auth::{Caller, Client},
     error::{ApiError, ErrorBody, ErrorCode, stored},
-    failed::{page_of, parse_time, pool, query_pairs},
+    failed::{page_of, parse_time, query_pairs},
     idempotency::Ticket,
     publish::When,
 };
@@ -97,7 +97,7 @@ pub async fn store(
         priority: message.priority,
         deliver_at,
     };
-    if !stored(scheduled_messages::insert(pool(state)?, &row).await)? {
+    if !stored(scheduled_messages::insert(state.database()?, &row).await)? {
         return Err(ApiError::new(
             ErrorCode::IdempotencyConflict,
             format!("message_id `{}` is already scheduled.", row.message_id),
@@ -168,7 +168,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     client.require(Scope::Read)?;
     let (filter, page, per_page) = parse_filter(&query_pairs(query)?).map_err(ApiError::validation)?;
-    let (data, total) = stored(scheduled_messages::list(pool(&state)?, &filter, page, per_page).await)?;
+    let (data, total) = stored(scheduled_messages::list(state.database()?, &filter, page, per_page).await)?;
     Ok(Json(page_of(json!(data), total, page, per_page)))
 }
 
@@ -185,10 +185,10 @@ pub async fn cancel(
     client.require(Scope::Operate)?;
     let not_found = || ApiError::not_found("No such scheduled message.");
     let id = match id {
-        Ok(Path(raw)) => raw.parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(not_found)?,
+        Ok(Path(raw)) => super::positive_id(&raw).ok_or_else(not_found)?,
         Err(_) => return Err(not_found()),
     };
-    match stored(scheduled_messages::cancel(pool(&state)?, id).await)? {
+    match stored(scheduled_messages::cancel(state.database()?, id).await)? {
         Ok(row) => {
             info!(client = %client.name, id, message_id = %row.message_id, "Scheduled message cancelled.");
             Ok(Json(json!(row)))

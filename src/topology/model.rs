@@ -397,6 +397,14 @@ impl Queue {
     pub fn is_dead_letter(&self) -> bool {
         matches!(self.role, QueueRole::DeadLetter { .. })
     }
+
+    /// The service queue whose dead letters this queue holds.
+    pub fn source_queue(&self) -> Option<&str> {
+        match &self.role {
+            QueueRole::DeadLetter { source_queue } => Some(source_queue),
+            QueueRole::Service => None,
+        }
+    }
 }
 
 impl Topology {
@@ -410,5 +418,10 @@ impl Topology {
 
     pub fn dead_letter_queues(&self) -> impl Iterator<Item = &Queue> {
         self.queues.iter().filter(|q| q.is_dead_letter())
+    }
+
+    /// The dead-letter queue of service queue `name`, if it has one.
+    pub fn dead_letter_queue_of(&self, name: &str) -> Option<&Queue> {
+        self.dead_letter_queues().find(|dlq| dlq.source_queue() == Some(name))
     }
 }

@@ -38,7 +38,7 @@ use crate::{
         failed_messages::Status,
         failed_stats::{self, FailedCounts, FailedStats},
     },
-    topology::{QueueRole, Topology},
+    topology::Topology,
 };
 
 /// Below this many deliveries per second a queue's consumers count as stalled.
@@ -263,12 +263,10 @@ fn depth_ratio(messages: u64, max_length: Option<u32>) -> Option<f64> {
 /// or under the dead-letter queue it came from: a service queue and its DLQ both show the pair's.
 fn failed_for(name: &str, topology: &Topology, failed: &FailedStats) -> u64 {
     let mut counts: FailedCounts = failed.queue(name);
-    let partner = topology.queue(name).and_then(|queue| match &queue.role {
-        QueueRole::DeadLetter { source_queue } => Some(source_queue.as_str()),
-        QueueRole::Service => topology
-            .dead_letter_queues()
-            .find(|dlq| matches!(&dlq.role, QueueRole::DeadLetter { source_queue } if source_queue == name))
-            .map(|dlq| dlq.name.as_str()),
+    let partner = topology.queue(name).and_then(|queue| {
+        queue
+            .source_queue()
+            .or_else(|| topology.dead_letter_queue_of(name).map(|dlq| dlq.name.as_str()))
     });
     if let Some(partner) = partner {
         counts.merge(&failed.queue(partner));

@@ -31,6 +31,7 @@
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
 #   BENCH_ROUNDS      rounds of every publish scenario (default 3)
+#   BENCH_MAX_ROUNDS  at most this many rounds while the goal ratios spread (default 6)
 #   BENCH_SCENARIOS   publish scenarios to run, comma-separated (default: all of them, see above;
 #                     e.g. a32,b,b-1k,b-schema)
 #   BENCH_PORT        HTTP port of the service under test (default 18011)
@@ -49,6 +50,7 @@ SECTIONS=(publish stats groups schemas)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
+BENCH_MAX_ROUNDS="${BENCH_MAX_ROUNDS:-6}"
 BENCH_PORT="${BENCH_PORT:-18011}"
 BENCH_ROLES="${BENCH_ROLES:-}"
 BENCH_THREADS="${BENCH_THREADS:-2}"
@@ -174,6 +176,12 @@ section_publish() {
     [[ -n "${broker}" ]] && extra+=(--broker-pid "${broker}")
     [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
     [[ -n "${BENCH_SCENARIOS}" ]] && extra+=(--scenarios "${BENCH_SCENARIOS}")
+    # (h): the HTTP floor in a process of its own, so that its CPU is counted apart.
+    local floor_port=$((BENCH_PORT + 1)) floor_pid
+    port_in_use "${floor_port}" && die "port ${floor_port} (the HTTP floor's) is in use; set BENCH_PORT"
+    "${BENCH_BIN}" http-floor --port "${floor_port}" &
+    floor_pid=$!
+    extra+=(--floor-url "http://127.0.0.1:${floor_port}" --floor-pid "${floor_pid}")
     BENCH_TOKEN="${TOKEN}" BENCH_MANAGEMENT_PASSWORD="${RABBIT_PASSWORD}" \
         "${BENCH_BIN}" --threads "${BENCH_THREADS}" publish \
         --url "${SERVICE_URL}" \
@@ -185,8 +193,14 @@ section_publish() {
         --queue "${BENCH_QUEUE}" \
         --duration "${BENCH_DURATION}" \
         --rounds "${BENCH_ROUNDS}" \
+        --max-rounds "${BENCH_MAX_ROUNDS}" \
         --pid "${SERVICE_PID}" \
-        "${extra[@]}"
+        "${extra[@]}" || {
+        kill "${floor_pid}" 2>/dev/null
+        return 1
+    }
+    kill "${floor_pid}" 2>/dev/null || true
+    wait "${floor_pid}" 2>/dev/null || true
 }
 
 section_stats() {

@@ -1,12 +1,17 @@
-//! The publisher worker: owns a channel in confirm mode and pipelines every request's publishes on
-//! it; each request (one message, or a batch) gets one outcome per message on a `oneshot` once the
-//! broker confirmed (or refused) them.
-//!
-//! Never one confirm at a time: publishes go out as requests arrive, confirms are awaited
-//! together in a `FuturesUnordered`. A request in flight when its channel or connection dies gets
-//! an error (its reply sender is dropped or answered `Unavailable`), never a false success.
+//! Confirmed publishing. A worker keeps one channel in confirm mode open on the current
+//! connection (reopened after a failure or a reconnect); callers publish on it directly and await
+//! their own confirms, so a confirm wakes the caller's task itself, with no hop through another
+//! task. Publishes of concurrent callers are pipelined on that channel, never one confirm at a
+//! time. A message in flight when its channel or connection dies gets an error, never a false
+//! success.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use lapin::{
@@ -14,7 +19,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -65,32 +70,55 @@ impl PublishOutcome {
     }
 }
 
-/// One request: its messages go out in order and are answered together.
-struct Request {
-    messages: Vec<Arc<OutgoingMessage>>,
-    reply: Reply,
+/// Where the publishing channel stands; the worker moves it, callers read it.
+#[derive(Clone)]
+enum Slot {
+    /// No connection: publishes fail at once instead of piling up.
+    Disconnected,
+    /// A connection, its channel being opened: publishes wait for it (up to the confirm timeout).
+    Opening,
+    Ready(Channel),
+    /// Shut down: no new publishes.
+    Stopped,
 }
 
-/// Cheap to clone; every clone feeds the same worker.
+/// What the callers and the worker share.
+struct Shared {
+    slot: watch::Sender<Slot>,
+    /// Publishes under way: at shutdown the worker lets them settle before closing the channel.
+    in_flight: AtomicUsize,
+    /// A caller saw its channel fail: the worker checks it and reopens.
+    failed: Notify,
+}
+
+/// Cheap to clone; every clone publishes on the same channel.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
     confirm_timeout: Duration,
 }
 
-/// Room for this many requests waiting for the worker; senders wait beyond it (backpressure).
-const QUEUE_DEPTH: usize = 4096;
-
 impl Publisher {
-    /// The handle and the worker future to spawn (it ends when `cancel` fires and it drained).
+    /// The handle and the worker future to spawn (it ends when `cancel` fires and the publishes
+    /// under way settled).
     pub fn new(
         link: LinkReceiver,
         confirm_timeout: Duration,
         cancel: CancellationToken,
     ) -> (Self, impl Future<Output = ()> + Send) {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let worker = run(link, rx, confirm_timeout, cancel);
-        (Self { tx, confirm_timeout }, worker)
+        let shared = Arc::new(Shared {
+            slot: watch::Sender::new(Slot::Disconnected),
+            in_flight: AtomicUsize::new(0),
+            failed: Notify::new(),
+        });
+        let worker = run(shared.clone(), link, confirm_timeout, cancel);
+        (
+            Self {
+                shared,
+                confirm_timeout,
+            },
+            worker,
+        )
     }
 
     /// Publishes one message and waits for the broker's answer.
@@ -101,45 +129,70 @@ impl Publisher {
             .unwrap_or(PublishOutcome::Unavailable("no outcome".into()))
     }
 
-    /// Publishes every message, in order, and awaits all the confirms together: one request to
-    /// the worker and one answer back, however many messages.
+    /// Publishes every message, in order, and awaits all the confirms together, within one
+    /// deadline (the confirm timeout); a message not confirmed by then is `TimedOut`.
     pub async fn publish_many(&self, messages: Vec<Arc<OutgoingMessage>>) -> Vec<PublishOutcome> {
-        let count = messages.len();
-        let every = |outcome: PublishOutcome| vec![outcome; count];
-        let (reply, answer) = oneshot::channel();
-        if self.tx.send(Request { messages, reply }).await.is_err() {
-            return every(PublishOutcome::Unavailable("publisher stopped".into()));
+        let every = |outcome: PublishOutcome| vec![outcome; messages.len()];
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err(unavailable) => return every(unavailable),
+        };
+        let outcomes = {
+            let _under_way = UnderWay::enter(&self.shared);
+            publish_all(&channel, &messages, self.confirm_timeout).await
+        };
+        let failed = outcomes.iter().any(|o| matches!(o, PublishOutcome::Unavailable(_)));
+        if failed && !channel.status().connected() {
+            self.shared.failed.notify_one();
         }
-        // The worker bounds the confirms; this outer bound also covers time spent queued.
-        match tokio::time::timeout(self.confirm_timeout * 2, answer).await {
-            Ok(Ok(outcomes)) => outcomes,
-            Ok(Err(_)) => every(PublishOutcome::Unavailable(
-                "connection lost with the message in flight".into(),
-            )),
-            Err(_) => every(PublishOutcome::TimedOut),
+        outcomes
+    }
+
+    /// The channel to publish on, waiting while it is being opened.
+    async fn channel(&self) -> Result<Channel, PublishOutcome> {
+        let mut slot = self.shared.slot.subscribe();
+        let settled = tokio::time::timeout(
+            self.confirm_timeout,
+            slot.wait_for(|slot| !matches!(slot, Slot::Opening)),
+        )
+        .await;
+        let unavailable = |why: &str| Err(PublishOutcome::Unavailable(why.into()));
+        match settled {
+            Err(_) => unavailable("the publishing channel is not open yet"),
+            Ok(Err(_)) => unavailable("publisher stopped"),
+            Ok(Ok(slot)) => match &*slot {
+                Slot::Ready(channel) => Ok(channel.clone()),
+                Slot::Disconnected => unavailable("not connected to RabbitMQ"),
+                Slot::Opening | Slot::Stopped => unavailable("publisher stopped"),
+            },
         }
     }
 }
 
-async fn run(
-    mut link: LinkReceiver,
-    mut rx: mpsc::Receiver<Request>,
-    confirm_timeout: Duration,
-    cancel: CancellationToken,
-) {
+/// Counts a publish under way for as long as it lives (a caller that gives up drops it too).
+struct UnderWay<'a>(&'a Shared);
+
+impl<'a> UnderWay<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn run(shared: Arc<Shared>, mut link: LinkReceiver, confirm_timeout: Duration, cancel: CancellationToken) {
     loop {
-        // Without a connection, answer at once: callers fail fast instead of piling up.
-        let current = tokio::select! {
-            _ = cancel.cancelled() => return,
-            link = wait_for_link(&mut link, &cancel) => link,
-            Some(request) = rx.recv(), if link.borrow().is_none() => {
-                let unavailable = PublishOutcome::Unavailable("not connected to RabbitMQ".into());
-                let _ = request.reply.send(vec![unavailable; request.messages.len()]);
-                continue;
-            }
+        shared.slot.send_replace(Slot::Disconnected);
+        let Some(current) = wait_for_link(&mut link, &cancel).await else {
+            break;
         };
-        let Some(current) = current else { return };
         link.mark_unchanged();
+        shared.slot.send_replace(Slot::Opening);
         let channel = match open_channel(&current.connection).await {
             Ok(channel) => channel,
             Err(err) => {
@@ -147,16 +200,48 @@ async fn run(
                 if pause_before_reopening(&cancel).await {
                     continue;
                 }
-                return;
+                break;
             }
         };
         info!(generation = current.generation, "Publisher ready.");
-        let stop = publish_on(&channel, &mut rx, &mut link, confirm_timeout, &cancel).await;
+        shared.slot.send_replace(Slot::Ready(channel.clone()));
+        let stop = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = link.changed() => false,
+            _ = closed(&shared, &channel) => {
+                warn!("Publishing channel closed; reopening.");
+                false
+            }
+        };
+        if stop {
+            // No new publishes; those under way get their confirms (each bounded by the timeout).
+            shared.slot.send_replace(Slot::Stopped);
+            settle(&shared, confirm_timeout).await;
+        }
         // 200 is AMQP's reply-success code, not a duration.
         let _ = channel.close(200, "publisher done".into()).await;
         if stop {
             return;
         }
+    }
+    shared.slot.send_replace(Slot::Stopped);
+}
+
+/// Returns once a caller reported a failure and the channel is indeed no longer open.
+async fn closed(shared: &Shared, channel: &Channel) {
+    loop {
+        shared.failed.notified().await;
+        if !channel.status().connected() {
+            return;
+        }
+    }
+}
+
+/// Waits until no publish is under way, at most a little longer than one confirm timeout.
+async fn settle(shared: &Shared, confirm_timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + confirm_timeout + Duration::from_secs(1);
+    while shared.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -166,72 +251,24 @@ pub(crate) async fn open_channel(connection: &lapin::Connection) -> lapin::Resul
     Ok(channel)
 }
 
-/// Publishes on one channel until it or the connection fails (`false`) or we are cancelled and
-/// every in-flight confirm has settled (`true`).
-async fn publish_on(
-    channel: &Channel,
-    rx: &mut mpsc::Receiver<Request>,
-    link: &mut LinkReceiver,
-    confirm_timeout: Duration,
-    cancel: &CancellationToken,
-) -> bool {
-    let mut in_flight = FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            // Settle confirms first: it keeps the in-flight set (and its memory) small.
-            biased;
-            Some((outcomes, reply)) = in_flight.next() => {
-                let channel_lost = answer(reply, outcomes) && !channel.status().connected();
-                if channel_lost {
-                    // The rest in flight on this channel are dropped: their callers get an error.
-                    warn!("Publishing channel closed; reopening.");
-                    return false;
-                }
-            }
-            _ = cancel.cancelled() => {
-                // In-flight confirms finish (each bounded by the confirm timeout); no new work.
-                while let Some((outcomes, reply)) = in_flight.next().await {
-                    answer(reply, outcomes);
-                }
-                return true;
-            }
-            _ = link.changed() => return false,
-            request = rx.recv() => {
-                let Some(Request { messages, reply }) = request else { return true };
-                // Sending is also in flight: waiting for each frame write would serialize requests.
-                in_flight.push(publish_all(channel.clone(), messages, reply, confirm_timeout));
-            }
-        }
-    }
-}
-
-type Reply = oneshot::Sender<Vec<PublishOutcome>>;
-
-/// Sends the outcomes to the caller (gone callers are fine); `true` when one says the channel
-/// or connection failed under it.
-fn answer(reply: Reply, outcomes: Vec<PublishOutcome>) -> bool {
-    let failed = outcomes.iter().any(|o| matches!(o, PublishOutcome::Unavailable(_)));
-    let _ = reply.send(outcomes);
-    failed
-}
-
 /// Sends the messages in order and waits for their confirms, all within one deadline (one timer
-/// per request, not per message); a message not confirmed by then is `TimedOut`.
+/// per call, not per message).
 async fn publish_all(
-    channel: Channel,
-    messages: Vec<Arc<OutgoingMessage>>,
-    reply: Reply,
+    channel: &Channel,
+    messages: &[Arc<OutgoingMessage>],
     confirm_timeout: Duration,
-) -> (Vec<PublishOutcome>, Reply) {
+) -> Vec<PublishOutcome> {
+    if let [message] = messages {
+        // The common case (a single publish) needs no set of futures.
+        let outcome = tokio::time::timeout(confirm_timeout, publish_one(channel, message)).await;
+        return vec![outcome.unwrap_or(PublishOutcome::TimedOut)];
+    }
     let mut outcomes = vec![None; messages.len()];
     // First polled in push order: lapin assigns delivery tags and queues frames in batch order.
     let mut pending: FuturesUnordered<_> = messages
         .iter()
         .enumerate()
-        .map(|(index, message)| {
-            let channel = &channel;
-            async move { (index, publish_one(channel, message).await) }
-        })
+        .map(|(index, message)| async move { (index, publish_one(channel, message).await) })
         .collect();
     let deadline = tokio::time::sleep(confirm_timeout);
     tokio::pin!(deadline);
@@ -245,11 +282,10 @@ async fn publish_all(
         }
     }
     drop(pending);
-    let outcomes = outcomes
+    outcomes
         .into_iter()
         .map(|outcome| outcome.unwrap_or(PublishOutcome::TimedOut))
-        .collect();
-    (outcomes, reply)
+        .collect()
 }
 
 /// Sends one message and waits for its confirm. lapin assigns the delivery tag and queues the

@@ -544,17 +544,13 @@ async fn settle(
         }
         if let Some(audit) = &publishing.audit {
             // The trace headers go with it: a replay of this message continues its trace.
-            let trace_headers: serde_json::Map<String, Value> = message
+            let trace_headers: Vec<(&str, Value)> = message
                 .headers
                 .iter()
                 .filter(|(name, _)| name == trace::TRACEPARENT || name == trace::TRACESTATE)
-                .map(|(name, value)| (name.clone(), headers::to_json(value)))
+                .map(|(name, value)| (name.as_str(), headers::to_json(value)))
                 .collect();
-            let metadata = if trace_headers.is_empty() {
-                json!({"client": client.name})
-            } else {
-                json!({"client": client.name, "headers": trace_headers})
-            };
+            let metadata = audit_metadata(&client.name, &trace_headers);
             audit.record(NewMessageLog {
                 message_id: message.message_id.clone(),
                 exchange: message.exchange.clone(),
@@ -566,6 +562,33 @@ async fn settle(
         }
     }
     result
+}
+
+/// The audit row's `metadata`: `{"client": ..., "headers": {...}}` (headers only when there are
+/// some), serialized straight from borrowed parts: no JSON tree per message.
+fn audit_metadata(client: &str, headers: &[(&str, Value)]) -> String {
+    #[derive(serde::Serialize)]
+    struct Metadata<'a> {
+        client: &'a str,
+        #[serde(skip_serializing_if = "Headers::is_empty")]
+        headers: Headers<'a>,
+    }
+    struct Headers<'a>(&'a [(&'a str, Value)]);
+    impl Headers<'_> {
+        fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+    impl serde::Serialize for Headers<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+        }
+    }
+    serde_json::to_string(&Metadata {
+        client,
+        headers: Headers(headers),
+    })
+    .expect("strings and JSON values serialize")
 }
 
 fn publishing(state: &AppState) -> Result<&Arc<Publishing>, ApiError> {
@@ -775,6 +798,18 @@ fn batch_items(body: &mut Value, max: usize) -> Result<Vec<Value>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_metadata_names_the_client_and_the_trace_headers() {
+        assert_eq!(audit_metadata("orders", &[]), r#"{"client":"orders"}"#);
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let metadata: Value =
+            serde_json::from_str(&audit_metadata("orders", &[("traceparent", parent.into())])).unwrap();
+        assert_eq!(
+            metadata,
+            json!({"client": "orders", "headers": {"traceparent": parent}})
+        );
+    }
 
     #[test]
     fn a_valid_body_parses() {

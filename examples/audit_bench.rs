@@ -51,14 +51,21 @@ struct Args {
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which may hold spaces: state is the first, utime the 12th.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
     let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     field(11) + field(12)
 }
 
 fn database_pid() -> Option<u32> {
     ["mariadbd", "mysqld"].into_iter().find_map(|name| {
-        let out = std::process::Command::new("pgrep").args(["-o", "-x", name]).output().ok()?;
+        let out = std::process::Command::new("pgrep")
+            .args(["-o", "-x", name])
+            .output()
+            .ok()?;
         String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     })
 }
@@ -166,7 +173,10 @@ async fn prepares(pool: &MySqlPool) -> u64 {
 /// Feeds `data` to a writer at `rate` rows/s, waits until every row is written and mariadbd is
 /// idle again (its page flushing belongs to the rows), and answers the CPU per row.
 async fn measure(phase: Phase, pool: &MySqlPool, data: &[NewMessageLog], rate: u64, db_pid: u32) -> Measured {
-    sqlx::query("TRUNCATE TABLE message_logs").execute(pool).await.expect("truncate");
+    sqlx::query("TRUNCATE TABLE message_logs")
+        .execute(pool)
+        .await
+        .expect("truncate");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = Arc::new(Metrics::new());
     let (sink, rx) = audit::channel(data.len(), metrics.clone());
@@ -177,7 +187,11 @@ async fn measure(phase: Phase, pool: &MySqlPool, data: &[NewMessageLog], rate: u
     };
     let (prepared, db, bench) = (prepares(pool).await, cpu_ticks(db_pid), cpu_ticks(std::process::id()));
     // 1 ms ticks: the writer sees the trickle of single publishes, not one burst.
-    let per_tick = if rate == 0 { data.len() } else { (rate as usize / 1000).max(1) };
+    let per_tick = if rate == 0 {
+        data.len()
+    } else {
+        (rate as usize / 1000).max(1)
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     for chunk in data.chunks(per_tick) {
         tick.tick().await;
@@ -215,16 +229,21 @@ fn median_range(values: &mut [f64]) -> (f64, f64, f64) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let db_pid = args.db_pid.or_else(database_pid).ok_or_else(|| anyhow::anyhow!("no mariadbd or mysqld running"))?;
+    let db_pid = args
+        .db_pid
+        .or_else(database_pid)
+        .ok_or_else(|| anyhow::anyhow!("no mariadbd or mysqld running"))?;
     let mut settings = Settings::default();
     settings.database.host = args.host.clone();
     settings.database.port = args.port;
     settings.database.database = DATABASE.into();
     let mut admin = sqlx::MySqlConnection::connect_with(&settings.database.connect_options().database("")).await?;
     for name in [DATABASE, SEED_DATABASE] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+        )))
+        .execute(&mut admin)
+        .await?;
     }
     let current = store::pool(&settings.database);
     store::migrate(&current).await?;
@@ -236,7 +255,11 @@ async fn main() -> anyhow::Result<()> {
         "audit: {} rows per phase, {} rounds, fed at {} rows/s, mariadbd pid {db_pid}, port {}",
         args.rows,
         args.rounds,
-        if args.rate == 0 { "once".to_string() } else { args.rate.to_string() },
+        if args.rate == 0 {
+            "once".to_string()
+        } else {
+            args.rate.to_string()
+        },
         args.port
     );
     let phases = [Phase::Current, Phase::SeedLayout, Phase::Seed];

@@ -27,6 +27,10 @@
 #             group's rows (fingerprint + status); p50, p95, max; goal p95 < 100 ms.
 #   schemas   CPU of one event schema check (examples/schema_bench.rs): the 1 KiB event of
 #             (b-schema) against order.created 2.0, 100,000 times on one thread, in us per event.
+#   audit     mariadbd CPU per audit row (examples/audit_bench.rs): 100,000 ~330-byte events fed
+#             to the audit writer (workers::audit) at 10,000 rows/s, next to the seed's table
+#             layout through the same writer and the seed's statement; BENCH_ROUNDS rounds,
+#             median and range; goal <= 5 us. Its own databases (messages_broker_test_bench_audit*).
 #
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
@@ -39,6 +43,8 @@
 #   BENCH_THREADS     worker threads of the load generator (default 2)
 #   BENCH_DB          database of the service under test (default messages_broker_test_bench; another
 #                     name, within messages_broker_test_%, when branches with other migrations share it)
+#   AUDIT_BENCH_PORT  MySQL port of the audit section (default 3306; e.g. a private mariadbd, whose
+#                     CPU no other benchmark mixes in), AUDIT_BENCH_DB_PID its pid
 #   RABBITMQ_MANAGEMENT_URL, RABBITMQ_USER, RABBITMQ_PASSWORD   default http://127.0.0.1:15672, guest, guest
 #   CARGO_TARGET_DIR  default ~/.cache/messages-broker/target (shared with scripts/test.sh)
 set -euo pipefail
@@ -46,7 +52,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-SECTIONS=(publish stats groups schemas)
+SECTIONS=(publish stats groups schemas audit)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
@@ -228,6 +234,16 @@ section_schemas() {
     echo "## schemas"
     cargo build --release --quiet --example schema_bench
     "${CARGO_TARGET_DIR}/release/examples/schema_bench" --topology "${BENCH_TOPOLOGY}" --iterations 100000
+}
+
+section_audit() {
+    echo
+    echo "## audit"
+    cargo build --release --quiet --example audit_bench
+    local db="${AUDIT_BENCH_DB_PID:-$(db_pid)}" extra=()
+    [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
+    "${CARGO_TARGET_DIR}/release/examples/audit_bench" --port "${AUDIT_BENCH_PORT:-3306}" \
+        --rows 100000 --rate 10000 --rounds "${BENCH_ROUNDS}" "${extra[@]}"
 }
 
 main() {

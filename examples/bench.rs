@@ -76,7 +76,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Publishing: AMQP ceiling, POST publish, POST publish/batch, management API publish.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
     /// The HTTP floor of scenario (h): answers every request with a fixed 201 JSON body.
     HttpFloor {
         #[arg(long)]
@@ -171,7 +171,7 @@ fn main() -> Result<()> {
         .context("building the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Publish(args) => publish(args).await,
+            Command::Publish(args) => publish(*args).await,
             Command::HttpFloor { port } => http_floor(port).await,
         }
     })

@@ -98,7 +98,10 @@ fn cpu_seconds(pid: &str) -> f64 {
 
 fn database_pid() -> Option<u32> {
     ["mariadbd", "mysqld"].iter().find_map(|name| {
-        let out = std::process::Command::new("pgrep").args(["-o", "-x", name]).output().ok()?;
+        let out = std::process::Command::new("pgrep")
+            .args(["-o", "-x", name])
+            .output()
+            .ok()?;
         String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     })
 }
@@ -169,7 +172,9 @@ impl Bench {
     }
 
     async fn empty_table(&self) -> anyhow::Result<()> {
-        sqlx::query("TRUNCATE TABLE failed_messages").execute(&self.pool).await?;
+        sqlx::query("TRUNCATE TABLE failed_messages")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -285,10 +290,17 @@ async fn main() -> anyhow::Result<()> {
         headers: dead_letter_headers(),
         total,
     };
+    let (building, started) = (cpu_seconds("thread-self"), Instant::now());
     let rows = bench.plain_rows();
+    let (building, built_in) = (cpu_seconds("thread-self") - building, started.elapsed());
     let prefetch = bench.settings.ingest.prefetch;
 
     println!("{total} dead letters per round, {rounds} rounds, database pid {db_pid}; CPU in us per row");
+    println!(
+        "building the rows (dead_letter_row_from, one thread): {:.1} us CPU per row ({:.1} us wall)",
+        building * 1e6 / total as f64,
+        built_in.as_secs_f64() * 1e6 / total as f64
+    );
     println!("round  (e) ingester rows/s  cpu own   db   (f) INSERT x{prefetch} rows/s  cpu own   db   (e)/(f)");
     let (mut ratios, mut e_rates) = (Vec::new(), Vec::new());
     let (mut e_own, mut e_db, mut f_own, mut f_db) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -315,7 +327,9 @@ async fn main() -> anyhow::Result<()> {
         f_own.push(per_row(f.own_cpu));
         f_db.push(per_row(f.db_cpu));
     }
-    let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+    let (low, high) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
     let (ratio, rate) = (median(&mut ratios), median(&mut e_rates));
     let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
     println!(

@@ -27,10 +27,17 @@
 #             group's rows (fingerprint + status); p50, p95, max; goal p95 < 100 ms.
 #   schemas   CPU of one event schema check (examples/schema_bench.rs): the 1 KiB event of
 #             (b-schema) against order.created 2.0, 100,000 times on one thread, in us per event.
+#   ingest    dead-letter ingestion (examples/ingest_bench.rs, own database and queue): per round,
+#             20,000 dead letters pre-filled in a DLQ, (e) the ingester role draining them into
+#             failed_messages rows, then (f) upsert_batch of the same rows in chunks of the
+#             prefetch, each on an emptied table; BENCH_ROUNDS rounds, median and range of
+#             (e)/(f) (goal >= 0.80), CPU us per row of the bench process and of the database
+#             server. The service's JSON log subscriber is on at its default level (info), as
+#             deployed: its line per dead letter is counted, and filtered out of the printout.
 #
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
-#   BENCH_ROUNDS      rounds of every publish scenario (default 3)
+#   BENCH_ROUNDS      rounds of every publish scenario and of ingest (default 3)
 #   BENCH_SCENARIOS   publish scenarios to run, comma-separated (default: all of them, see above;
 #                     e.g. a32,b,b-1k,b-schema)
 #   BENCH_PORT        HTTP port of the service under test (default 18011)
@@ -45,7 +52,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-SECTIONS=(publish stats groups schemas)
+SECTIONS=(publish stats groups schemas ingest)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
@@ -214,6 +221,19 @@ section_schemas() {
     echo "## schemas"
     cargo build --release --quiet --example schema_bench
     "${CARGO_TARGET_DIR}/release/examples/schema_bench" --topology "${BENCH_TOPOLOGY}" --iterations 100000
+}
+
+section_ingest() {
+    echo
+    echo "## ingest"
+    cargo build --release --quiet --example ingest_bench
+    local db extra=()
+    db="$(db_pid)"
+    [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
+    # RUST_LOG unset: the service's default filter. Its JSON lines go through the pipe, as to a
+    # log collector, and only the bench's own lines are shown.
+    env -u RUST_LOG "${CARGO_TARGET_DIR}/release/examples/ingest_bench" \
+        --messages 20000 --rounds "${BENCH_ROUNDS}" "${extra[@]}" | grep -v '^{'
 }
 
 main() {

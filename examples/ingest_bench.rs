@@ -58,6 +58,9 @@ struct Args {
     /// The database server's pid, for its CPU per row (default: `pgrep -x mariadbd`, then mysqld).
     #[arg(long)]
     db_pid: Option<u32>,
+    /// The broker's pid, for its CPU per row in (e) (default: `pgrep -x beam.smp`).
+    #[arg(long)]
+    broker_pid: Option<u32>,
 }
 
 fn dead_letter_headers() -> FieldTable {
@@ -96,8 +99,8 @@ fn cpu_seconds(pid: &str) -> f64 {
     read().unwrap_or(f64::NAN)
 }
 
-fn database_pid() -> Option<u32> {
-    ["mariadbd", "mysqld"].iter().find_map(|name| {
+fn pid_of(names: &[&str]) -> Option<u32> {
+    names.iter().find_map(|name| {
         let out = std::process::Command::new("pgrep")
             .args(["-o", "-x", name])
             .output()
@@ -111,16 +114,22 @@ struct Measured {
     secs: f64,
     own_cpu: f64,
     db_cpu: f64,
+    broker_cpu: f64,
 }
 
-async fn measure<F: Future<Output = anyhow::Result<()>>>(db_pid: &str, work: F) -> anyhow::Result<Measured> {
-    let (own, db) = (cpu_seconds("self"), cpu_seconds(db_pid));
+async fn measure<F: Future<Output = anyhow::Result<()>>>(
+    db_pid: &str,
+    broker_pid: &str,
+    work: F,
+) -> anyhow::Result<Measured> {
+    let (own, db, broker) = (cpu_seconds("self"), cpu_seconds(db_pid), cpu_seconds(broker_pid));
     let started = Instant::now();
     work.await?;
     Ok(Measured {
         secs: started.elapsed().as_secs_f64(),
         own_cpu: cpu_seconds("self") - own,
         db_cpu: cpu_seconds(db_pid) - db,
+        broker_cpu: cpu_seconds(broker_pid) - broker,
     })
 }
 
@@ -261,10 +270,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let total = args.messages_positional.unwrap_or(args.messages);
     let rounds = args.rounds.max(1);
-    let db_pid = args
-        .db_pid
-        .or_else(database_pid)
-        .map_or_else(|| "none".to_owned(), |p| p.to_string());
+    let pid = |given: Option<u32>, names: &[&str]| {
+        given
+            .or_else(|| pid_of(names))
+            .map_or_else(|| "none".to_owned(), |p| p.to_string())
+    };
+    let db_pid = pid(args.db_pid, &["mariadbd", "mysqld"]);
+    let broker_pid = pid(args.broker_pid, &["beam.smp"]);
     telemetry::init(LogFormat::Json);
 
     let mut settings = Settings::default();
@@ -295,27 +307,31 @@ async fn main() -> anyhow::Result<()> {
     let (building, built_in) = (cpu_seconds("thread-self") - building, started.elapsed());
     let prefetch = bench.settings.ingest.prefetch;
 
-    println!("{total} dead letters per round, {rounds} rounds, database pid {db_pid}; CPU in us per row");
+    println!(
+        "{total} dead letters per round, {rounds} rounds, database pid {db_pid}, broker pid {broker_pid}; CPU in us per row"
+    );
     println!(
         "building the rows (dead_letter_row_from, one thread): {:.1} us CPU per row ({:.1} us wall)",
         building * 1e6 / total as f64,
         built_in.as_secs_f64() * 1e6 / total as f64
     );
-    println!("round  (e) ingester rows/s  cpu own   db   (f) INSERT x{prefetch} rows/s  cpu own   db   (e)/(f)");
+    println!("round  (e) ingester rows/s  cpu own   db broker  (f) INSERT x{prefetch} rows/s  cpu own   db   (e)/(f)");
     let (mut ratios, mut e_rates) = (Vec::new(), Vec::new());
-    let (mut e_own, mut e_db, mut f_own, mut f_db) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut e_own, mut e_db, mut e_broker) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut f_own, mut f_db) = (Vec::new(), Vec::new());
     let per_row = |cpu: f64| cpu * 1e6 / total as f64;
     for round in 1..=rounds {
         bench.fill_queue(round).await?;
         bench.empty_table().await?;
-        let e = measure(&db_pid, bench.ingest()).await?;
+        let e = measure(&db_pid, &broker_pid, bench.ingest()).await?;
         bench.empty_table().await?;
-        let f = measure(&db_pid, bench.insert(&rows)).await?;
+        let f = measure(&db_pid, &broker_pid, bench.insert(&rows)).await?;
         let (e_rate, f_rate) = (total as f64 / e.secs, total as f64 / f.secs);
         println!(
-            "{round:>5}  {e_rate:>19.0}  {:>7.0} {:>4.0}  {f_rate:>24.0}  {:>7.0} {:>4.0}   {:>6.2}",
+            "{round:>5}  {e_rate:>19.0}  {:>7.0} {:>4.0} {:>6.0}  {f_rate:>24.0}  {:>7.0} {:>4.0}   {:>6.2}",
             per_row(e.own_cpu),
             per_row(e.db_cpu),
+            per_row(e.broker_cpu),
             per_row(f.own_cpu),
             per_row(f.db_cpu),
             e_rate / f_rate
@@ -324,6 +340,7 @@ async fn main() -> anyhow::Result<()> {
         e_rates.push(e_rate);
         e_own.push(per_row(e.own_cpu));
         e_db.push(per_row(e.db_cpu));
+        e_broker.push(per_row(e.broker_cpu));
         f_own.push(per_row(f.own_cpu));
         f_db.push(per_row(f.db_cpu));
     }
@@ -333,9 +350,10 @@ async fn main() -> anyhow::Result<()> {
     let (ratio, rate) = (median(&mut ratios), median(&mut e_rates));
     let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
     println!(
-        "median CPU per row: (e) own {:.0} us, database {:.0} us; (f) own {:.0} us, database {:.0} us",
+        "median CPU per row: (e) own {:.0} us, database {:.0} us, broker {:.0} us; (f) own {:.0} us, database {:.0} us",
         median(&mut e_own),
         median(&mut e_db),
+        median(&mut e_broker),
         median(&mut f_own),
         median(&mut f_db)
     );

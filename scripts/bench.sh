@@ -32,7 +32,7 @@
 #             failed_messages rows, then (f) upsert_batch of the same rows in chunks of the
 #             prefetch, each on an emptied table; BENCH_ROUNDS rounds, median and range of
 #             (e)/(f) (goal >= 0.80), CPU us per row of the bench process and of the database
-#             server. The service's JSON log subscriber is on at its default level (info), as
+#             server, and of the broker in (e). The service's JSON log subscriber is on at its default level (info), as
 #             deployed: its line per dead letter is counted, and filtered out of the printout.
 #
 # Environment (all optional):
@@ -227,9 +227,11 @@ section_ingest() {
     echo
     echo "## ingest"
     cargo build --release --quiet --example ingest_bench
-    local db extra=()
+    local db broker extra=()
     db="$(db_pid)"
+    broker="$(broker_pid)"
     [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
+    [[ -n "${broker}" ]] && extra+=(--broker-pid "${broker}")
     # RUST_LOG unset: the service's default filter. Its JSON lines go through the pipe, as to a
     # log collector, and only the bench's own lines are shown.
     env -u RUST_LOG "${CARGO_TARGET_DIR}/release/examples/ingest_bench" \

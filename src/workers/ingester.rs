@@ -659,6 +659,16 @@ mod tests {
     }
 
     #[test]
+    fn the_death_history_is_the_x_death_list_of_the_stored_headers() {
+        let settings = Settings::default();
+        let row = dead_letter_row_from(&props(&[]), b"{}", "", "", "orders_queue", &settings, Utc::now());
+        let headers: serde_json::Value = serde_json::from_str(&row.headers).unwrap();
+        let history: serde_json::Value = serde_json::from_str(&row.death_history).unwrap();
+        assert_eq!(history, headers["x-death"]);
+        assert_eq!(row.death_history, headers["x-death"].to_string());
+    }
+
+    #[test]
     fn non_json_bodies_are_kept_losslessly() {
         let settings = Settings::default();
         let row = dead_letter_row_from(

@@ -31,11 +31,18 @@
 #             to the audit writer (workers::audit) at 10,000 rows/s, next to the seed's table
 #             layout through the same writer and the seed's statement; BENCH_ROUNDS rounds,
 #             median and range; goal <= 5 us. Its own databases (messages_broker_test_bench_audit*).
+#   ingest    dead-letter ingestion (examples/ingest_bench.rs, own database and queue): per round,
+#             20,000 dead letters pre-filled in a DLQ, (e) the ingester role draining them into
+#             failed_messages rows, then (f) upsert_batch of the same rows in chunks of the
+#             prefetch, each on an emptied table; BENCH_ROUNDS rounds, median and range of
+#             (e)/(f) (goal >= 0.80), CPU us per row of the bench process and of the database
+#             server, and of the broker in (e). The service's JSON log subscriber is on at its default level (info), as
+#             deployed: its line per dead letter is counted, and filtered out of the printout.
 #
 # Environment (all optional):
 #   BENCH_DURATION    measured seconds per scenario (default 10; each also has a 1 s warm-up)
-#   BENCH_ROUNDS      rounds of every publish scenario (default 3)
-#   BENCH_MAX_ROUNDS  at most this many rounds while the goal ratios spread (default 6)
+#   BENCH_ROUNDS      rounds of every publish scenario, of audit and of ingest (default 3)
+#   BENCH_MAX_ROUNDS  at most this many publish rounds while the goal ratios spread (default 6)
 #   BENCH_SCENARIOS   publish scenarios to run, comma-separated (default: all of them, see above;
 #                     e.g. a32,b,b-1k,b-schema)
 #   BENCH_PORT        HTTP port of the service under test (default 18011)
@@ -52,7 +59,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-SECTIONS=(publish stats groups schemas audit)
+SECTIONS=(publish stats groups schemas audit ingest)
 
 BENCH_DURATION="${BENCH_DURATION:-10}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
@@ -244,6 +251,21 @@ section_audit() {
     [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
     "${CARGO_TARGET_DIR}/release/examples/audit_bench" --port "${AUDIT_BENCH_PORT:-3306}" \
         --rows 100000 --rate 10000 --rounds "${BENCH_ROUNDS}" "${extra[@]}"
+}
+
+section_ingest() {
+    echo
+    echo "## ingest"
+    cargo build --release --quiet --example ingest_bench
+    local db broker extra=()
+    db="$(db_pid)"
+    broker="$(broker_pid)"
+    [[ -n "${db}" ]] && extra+=(--db-pid "${db}")
+    [[ -n "${broker}" ]] && extra+=(--broker-pid "${broker}")
+    # RUST_LOG unset: the service's default filter. Its JSON lines go through the pipe, as to a
+    # log collector, and only the bench's own lines are shown.
+    env -u RUST_LOG "${CARGO_TARGET_DIR}/release/examples/ingest_bench" \
+        --messages 20000 --rounds "${BENCH_ROUNDS}" "${extra[@]}" | grep -v '^{'
 }
 
 main() {

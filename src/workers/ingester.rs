@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::FuturesOrdered};
 use lapin::{
     BasicProperties, Channel, Consumer,
     message::Delivery,
@@ -14,7 +14,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use sqlx::MySqlPool;
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -45,6 +45,10 @@ const BACKFILL_BATCH: u32 = 500;
 /// when there are none.
 const BACKFILL_EVERY: Duration = Duration::from_secs(300);
 
+/// Batches written at once per dead-letter queue: the next batch is collected and turned into rows
+/// while the previous one is written, on a second pool connection.
+const WRITES_IN_FLIGHT: usize = 2;
+
 /// Headers a failing consumer may set to say why (the first one present is used).
 const ERROR_HEADERS: [&str; 4] = ["x-error", "x-exception-message", "error", "error_message"];
 
@@ -57,6 +61,12 @@ pub struct Ingester {
     pub link: LinkReceiver,
     pub topology_state: watch::Receiver<TopologyState>,
     pub db_migrated: watch::Receiver<bool>,
+}
+
+/// A batch whose rows are committed: to be acked, in order.
+pub struct StoredBatch {
+    deliveries: Vec<Delivery>,
+    rows: Vec<NewFailedMessage>,
 }
 
 /// One dead-letter queue and the queue whose dead letters it holds.
@@ -86,22 +96,34 @@ impl Ingester {
         &self,
         queue: &DeadLetterQueue,
         channel: &Channel,
-        batch: &[Delivery],
+        batch: Vec<Delivery>,
         cancel: &CancellationToken,
     ) -> anyhow::Result<bool> {
-        let Some(last) = batch.last() else {
-            return Ok(true);
+        let Some(stored) = self.store_batch(queue, batch, cancel).await else {
+            return Ok(false);
         };
+        self.acknowledge(queue, channel, stored).await?;
+        Ok(true)
+    }
+
+    /// Turns a batch into rows and commits them (retrying while the database is down), then
+    /// marks them failed in the audit trail. `None` if cancelled before the commit.
+    pub async fn store_batch(
+        &self,
+        queue: &DeadLetterQueue,
+        deliveries: Vec<Delivery>,
+        cancel: &CancellationToken,
+    ) -> Option<StoredBatch> {
         let now = Utc::now();
         // Dead-lettered requests (expired unanswered, or refused by a responder) are acked with
         // the batch but not stored: their caller has had its 504, nobody would read a reply.
-        let rows: Vec<NewFailedMessage> = batch
+        let rows: Vec<NewFailedMessage> = deliveries
             .iter()
             .filter(|d| !replies::is_request(&d.properties))
             .map(|d| dead_letter_row(d, &queue.source_queue, &self.settings, now))
             .collect();
-        if rows.len() < batch.len() {
-            debug!(queue = %queue.dlq, dropped = batch.len() - rows.len(), "Dead-lettered requests dropped.");
+        if rows.len() < deliveries.len() {
+            debug!(queue = %queue.dlq, dropped = deliveries.len() - rows.len(), "Dead-lettered requests dropped.");
         }
         let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let stored = retry_until_ok(
@@ -111,12 +133,11 @@ impl Ingester {
             |err, _| warn!(queue = %queue.dlq, rows = rows.len(), error = %err, "Cannot store dead letters; holding them unacked and retrying."),
         )
         .await;
-        match stored {
-            None => return Ok(false),
-            Some((_, failures)) if failures > 0 => {
+        match stored? {
+            (_, failures) if failures > 0 => {
                 info!(queue = %queue.dlq, rows = rows.len(), "Database back: held dead letters stored.");
             }
-            Some(_) => {}
+            _ => {}
         }
         // The audit trail follows: logged messages that died are `failed` there (best effort: the
         // rows above are what counts, and a dead letter that beats its audit row stays `published`).
@@ -124,12 +145,25 @@ impl Ingester {
         if let Err(err) = message_logs::set_status(&self.pool, &ids, "failed").await {
             warn!(queue = %queue.dlq, error = %err, "Cannot mark dead letters failed in the audit trail.");
         }
-        // One ack for the whole batch: tags on this channel only grow, and all are stored.
+        Some(StoredBatch { deliveries, rows })
+    }
+
+    /// Acks a stored batch with one multiple ack (tags on a channel only grow, and every batch
+    /// before this one is acked already), then logs and counts its dead letters.
+    async fn acknowledge(&self, queue: &DeadLetterQueue, channel: &Channel, stored: StoredBatch) -> anyhow::Result<()> {
+        let StoredBatch { deliveries, rows } = stored;
+        let Some(last) = deliveries.last() else {
+            return Ok(());
+        };
         channel
             .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
             .await?;
         // One line per dead letter, with its trace id: a message can be followed through the logs.
-        for (delivery, row) in batch.iter().filter(|d| !replies::is_request(&d.properties)).zip(&rows) {
+        for (delivery, row) in deliveries
+            .iter()
+            .filter(|d| !replies::is_request(&d.properties))
+            .zip(&rows)
+        {
             info!(
                 queue = %queue.source_queue,
                 message_id = %row.message_id,
@@ -149,7 +183,7 @@ impl Ingester {
             .dead_letters_ingested_total
             .with_label_values(&[queue.dlq.as_str()])
             .inc_by(rows.len() as u64);
-        Ok(true)
+        Ok(())
     }
 
     /// Consumers start once the queues exist and rows can be written. `Some(false)`: the link
@@ -223,7 +257,8 @@ impl Ingester {
         result
     }
 
-    /// Collects a batch (up to the prefetch, or what came within the linger) and ingests it.
+    /// Collects batches (up to the prefetch, or what came within the linger) and stores them,
+    /// up to [`WRITES_IN_FLIGHT`] at once, acking each once it and every earlier one are stored.
     async fn batches(
         &self,
         queue: &DeadLetterQueue,
@@ -232,30 +267,47 @@ impl Ingester {
         session: &CancellationToken,
     ) -> anyhow::Result<()> {
         let max = usize::from(self.settings.ingest.prefetch);
-        loop {
-            let first = tokio::select! {
-                _ = session.cancelled() => return Ok(()),
-                next = consumer.next() => match next {
-                    Some(delivery) => delivery?,
-                    None => return Ok(()),
+        let mut collecting: Vec<Delivery> = Vec::with_capacity(max);
+        // Set at a batch's first delivery: a partial batch waits this long for more.
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        // Yields in delivery order, so the multiple ack of one never covers an unstored batch.
+        let mut writes = FuturesOrdered::new();
+        let stopped = loop {
+            let room = writes.len() < WRITES_IN_FLIGHT;
+            if room && collecting.len() >= max {
+                writes.push_back(self.store_batch(queue, std::mem::take(&mut collecting), session));
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = session.cancelled() => break Ok(()),
+                // Acks first: they free the prefetch for the next deliveries.
+                Some(stored) = writes.next() => match stored {
+                    Some(stored) => self.acknowledge(queue, channel, stored).await?,
+                    None => return Ok(()), // cancelled while the database was down: unacked, so requeued
                 },
-            };
-            let mut batch = vec![first];
-            let linger = tokio::time::sleep(self.settings.ingest.batch_linger);
-            tokio::pin!(linger);
-            while batch.len() < max {
-                tokio::select! {
-                    _ = &mut linger => break,
-                    next = consumer.next() => match next {
-                        Some(delivery) => batch.push(delivery?),
-                        None => break,
-                    },
+                () = &mut linger, if room && !collecting.is_empty() => {
+                    writes.push_back(self.store_batch(queue, std::mem::take(&mut collecting), session));
                 }
+                next = consumer.next(), if collecting.len() < max => match next {
+                    Some(delivery) => {
+                        if collecting.is_empty() {
+                            linger.as_mut().reset(Instant::now() + self.settings.ingest.batch_linger);
+                        }
+                        collecting.push(delivery?);
+                    }
+                    None => break Ok(()),
+                },
             }
-            if !self.ingest_batch(queue, channel, &batch, session).await? {
-                return Ok(()); // cancelled while the database was down: unacked, so requeued
-            }
+        };
+        // Stopping: writes under way finish (one held by a database outage gives up) and are
+        // acked; what was still being collected is requeued when the channel closes.
+        while let Some(stored) = writes.next().await {
+            let Some(stored) = stored else { break };
+            self.acknowledge(queue, channel, stored).await?;
         }
+        stopped
     }
 }
 
@@ -357,7 +409,16 @@ pub fn dead_letter_row_from(
 ) -> NewFailedMessage {
     let empty = FieldTable::default();
     let table = properties.headers().as_ref().unwrap_or(&empty);
-    let death = Death::read(table, source_queue, delivery_exchange, delivery_routing_key, now);
+    // Once as JSON: the headers column, and its x-death list is the death history.
+    let headers_json = headers::table_to_json(table);
+    let death = Death::read(
+        table,
+        &headers_json,
+        source_queue,
+        delivery_exchange,
+        delivery_routing_key,
+        now,
+    );
     let mut error_message = format!("{} in {} (death count {})", death.reason, death.queue, death.count);
     if let Some(why) = ERROR_HEADERS.iter().find_map(|h| text(table.inner().get(*h))) {
         error_message.push_str(": ");
@@ -398,7 +459,7 @@ pub fn dead_letter_row_from(
         queue: death.queue,
         payload,
         payload_encoding,
-        headers: headers::table_to_json(table).to_string(),
+        headers: json_text(&headers_json),
         death_history: death.history,
         error_message,
         retry_count,
@@ -430,6 +491,7 @@ struct Death {
 impl Death {
     fn read(
         table: &FieldTable,
+        headers_json: &serde_json::Value,
         source_queue: &str,
         delivery_exchange: &str,
         delivery_routing_key: &str,
@@ -476,15 +538,31 @@ impl Death {
                 .and_then(|v| v.as_i64())
                 .unwrap_or(1),
             failed_at: failed_at.min(now),
-            history: serde_json::Value::Array(deaths.iter().map(|d| headers::table_to_json(d)).collect()).to_string(),
+            history: death_history(headers_json),
         }
     }
+}
+
+/// Every death (the tables of the x-death list) as JSON text: the list converted with the headers.
+fn death_history(headers_json: &serde_json::Value) -> String {
+    let deaths = match headers_json.get("x-death") {
+        Some(serde_json::Value::Array(items)) => items.iter().filter(|v| v.is_object()).collect(),
+        _ => Vec::new(),
+    };
+    serde_json::to_string(&deaths).unwrap_or_else(|_| "[]".into())
+}
+
+/// JSON text, written straight into a buffer: the `Display` of a value goes through the
+/// formatter for every token, several times slower on a dead letter's headers.
+fn json_text(value: &serde_json::Value) -> String {
+    // A `Value` always serializes (its keys are strings).
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// The body as stored: JSON as JSON; other bodies losslessly as a JSON string (text or base64).
 fn stored_payload(body: &[u8]) -> (String, PayloadEncoding) {
     let (payload, encoding) = PayloadEncoding::decode(body);
-    (payload.to_string(), encoding)
+    (json_text(&payload), encoding)
 }
 
 /// A message published without a message_id still gets a stable identity, so a redelivery of
@@ -578,6 +656,16 @@ mod tests {
         );
         assert_eq!(row.failed_at.timestamp(), 1_790_000_000);
         assert!(row.death_history.contains("orders.created"));
+    }
+
+    #[test]
+    fn the_death_history_is_the_x_death_list_of_the_stored_headers() {
+        let settings = Settings::default();
+        let row = dead_letter_row_from(&props(&[]), b"{}", "", "", "orders_queue", &settings, Utc::now());
+        let headers: serde_json::Value = serde_json::from_str(&row.headers).unwrap();
+        let history: serde_json::Value = serde_json::from_str(&row.death_history).unwrap();
+        assert_eq!(history, headers["x-death"]);
+        assert_eq!(row.death_history, headers["x-death"].to_string());
     }
 
     #[test]

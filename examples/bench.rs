@@ -21,6 +21,9 @@
 //!   checks against `schemas/orders/order.created.v2.json` (`[[schemas]]` of the bench topology):
 //!   the cost of schema validation, as the ratio (b-schema)/(b-1k) of the same rounds.
 //!
+//! - (b-paced) (b) at a fixed rate (`--paced-rate`, 5,000 requests/s over the 32 connections):
+//!   CPU per message depends on the load (at full speed more requests share each thread
+//!   wake-up), so builds compare best at the same rate; its msg/s is the rate, not a capacity;
 //! - (h) the HTTP floor: (b)'s requests against `bench http-floor`, a bare hyper HTTP/1.1 server
 //!   (its own process, same runtime as the service) that reads the body and answers a fixed 201:
 //!   what one HTTP exchange costs a server on this machine, before any work of the service.
@@ -139,6 +142,9 @@ struct PublishArgs {
     /// Publishes in flight in the AMQP ceiling (a).
     #[arg(long, default_value_t = 256)]
     window: usize,
+    /// Requests per second of (b-paced), spread over its connections.
+    #[arg(long, default_value_t = 5000.0)]
+    paced_rate: f64,
     /// Concurrent HTTP connections of (b) and (d).
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -157,8 +163,8 @@ struct PublishArgs {
     /// Pid of the database server (the service writes its audit trail there): CPU use per scenario.
     #[arg(long)]
     db_pid: Option<u32>,
-    /// Scenarios to run, among a,a32,b,c,d,r,b-1k,b-schema,h.
-    #[arg(long, value_delimiter = ',', default_value = "a,a32,b,c,d,r,b-1k,b-schema,h")]
+    /// Scenarios to run, among a,a32,b,b-paced,c,d,r,b-1k,b-schema,h.
+    #[arg(long, value_delimiter = ',', default_value = "a,a32,b,b-paced,c,d,r,b-1k,b-schema,h")]
     scenarios: Vec<String>,
 }
 
@@ -476,7 +482,7 @@ struct Payloads {
     envelope: Vec<u8>,
 }
 
-const SCENARIOS: [&str; 9] = ["a", "a32", "b", "c", "d", "r", "b-1k", "b-schema", "h"];
+const SCENARIOS: [&str; 10] = ["a", "a32", "b", "b-paced", "c", "d", "r", "b-1k", "b-schema", "h"];
 
 /// A typical 1 KiB event's `data` (an order of five lines), valid against the shipped
 /// order.created 2.0 schema.
@@ -542,11 +548,11 @@ async fn publish(args: PublishArgs) -> Result<()> {
         }
     }
     let wants = |s: &str| args.scenarios.iter().any(|x| x == s);
-    if ["b", "c", "r", "b-1k", "b-schema"].iter().any(|s| wants(s)) && args.token.is_none() {
+    if ["b", "b-paced", "c", "r", "b-1k", "b-schema"].iter().any(|s| wants(s)) && args.token.is_none() {
         bail!("scenarios b, c, r, b-1k and b-schema need --token (or BENCH_TOKEN)");
     }
-    if args.duration <= 0.0 || args.warmup < 0.0 || args.rounds == 0 {
-        bail!("--duration must be > 0, --warmup >= 0 and --rounds >= 1");
+    if args.duration <= 0.0 || args.warmup < 0.0 || args.rounds == 0 || args.paced_rate <= 0.0 {
+        bail!("--duration and --paced-rate must be > 0, --warmup >= 0 and --rounds >= 1");
     }
     if wants("h") && args.floor_url.is_none() {
         bail!("scenario h needs --floor-url (a `bench http-floor` server)");
@@ -637,7 +643,17 @@ async fn publish(args: PublishArgs) -> Result<()> {
     }
     let base = args.url.trim_end_matches('/');
     let floor = args.floor_url.as_deref().unwrap_or(base).trim_end_matches('/');
-    let http_scenarios: [(&'static str, String, usize, Arc<Job>); 7] = [
+    let http_scenarios: [(&'static str, String, usize, Arc<Job>); 8] = [
+        (
+            "b-paced",
+            format!("(b-paced) {:.0}/s, {} conns", args.paced_rate, args.connections),
+            args.connections,
+            Arc::new(Job::Publish {
+                url: format!("{base}/api/messages/publish"),
+                token: token.clone(),
+                body: single_body.clone(),
+            }),
+        ),
         (
             "h",
             format!("(h) HTTP floor, {} conns", args.connections),
@@ -761,7 +777,8 @@ async fn publish(args: PublishArgs) -> Result<()> {
             let sampler = args.pid.filter(|_| sample_rss).map(RssSampler::start);
             let window = Window::after_warmup(warmup, duration);
             let cpu = spawn_cpu_probe(window, watched.clone());
-            let tally = http_load(job.clone(), *connections, window).await?;
+            let pace = (*key == "b-paced").then_some(args.paced_rate);
+            let tally = http_load(job.clone(), *connections, window, pace).await?;
             let mut summary = Summary::new(label.clone(), &window, tally, cpu.await?);
             summary.service_peak_rss_kib = sampler.and_then(RssSampler::finish);
             results.insert(key, summary);
@@ -1172,9 +1189,18 @@ async fn open(authority: &str) -> Result<SendRequest<Full<Bytes>>, String> {
     Ok(sender)
 }
 
-async fn http_load(job: Arc<Job>, workers: usize, window: Window) -> Result<Tally> {
+/// `workers` connections, each sending its next request when the last is answered; with `pace`
+/// (requests per second in all), each also waits for its turn, the turns spread evenly.
+async fn http_load(job: Arc<Job>, workers: usize, window: Window, pace: Option<f64>) -> Result<Tally> {
     let mut tasks = Vec::with_capacity(workers);
-    for _ in 0..workers {
+    for worker in 0..workers {
+        let mut turns = pace.map(|rate| {
+            let period = Duration::from_secs_f64(workers as f64 / rate);
+            let first = tokio::time::Instant::now() + period.mul_f64(worker as f64 / workers as f64);
+            let mut turns = tokio::time::interval_at(first, period);
+            turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            turns
+        });
         let job = job.clone();
         let mut connection = HttpConnection {
             target: job.target()?,
@@ -1183,6 +1209,9 @@ async fn http_load(job: Arc<Job>, workers: usize, window: Window) -> Result<Tall
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             while Instant::now() < window.end {
+                if let Some(turns) = &mut turns {
+                    turns.tick().await;
+                }
                 let started = Instant::now();
                 let attempt = job.send(&mut connection).await;
                 let transport = attempt.transport;

@@ -12,8 +12,15 @@
 #             connections, (c) POST /api/messages/publish/batch, (d) RabbitMQ's management API
 #             publish at 32 connections, (r) POST /api/messages/request at 32 connections (the
 #             bench's drain consumer is the responder), (b-1k) and (b-schema) POST publish of a
-#             1 KiB event without and with its event schema checked (ratio goal >= 0.90);
-#             BENCH_ROUNDS interleaved rounds, medians and ranges of
+#             1 KiB event without and with its event schema checked (ratio goal >= 0.90),
+#             (b-paced) (b) at a fixed 5,000 requests/s (CPU per message depends on the load:
+#             builds compare best at the same rate), (h) the HTTP floor: (b)'s requests answered
+#             by a bare hyper server (`bench http-floor`, own process, port BENCH_PORT+1) with a
+#             fixed 201, what one HTTP exchange costs a server here; goals: (b)/(a32) and (c)/(a)
+#             >= 0.90, service CPU <= 30 us per (b) message and <= 10 us per (c) message, MariaDB
+#             <= 5 us per audited message, (b)'s p99 <= 10 ms, peak RSS <= 48 MiB;
+#             BENCH_ROUNDS interleaved rounds (more, up to BENCH_MAX_ROUNDS, while a goal ratio
+#             spreads by more than 20 % of its median), medians and ranges of
 #             msg/s, p50/p99, errors, CPU per message of each process, the service's peak RSS
 #             and the ratios. The audit table of the bench database is emptied first: a table
 #             grown by earlier runs past the InnoDB buffer pool slows every insert.

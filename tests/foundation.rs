@@ -259,6 +259,20 @@ fn a_bad_setting_exits_2_naming_the_key() {
     assert!(stderr.contains("`--roles`"), "{stderr}");
 }
 
+/// The binary's compiled-in jemalloc options (src/main.rs) reach jemalloc: a renamed symbol after
+/// an allocator upgrade would drop them silently. `stats_print` merges with them, not replaces.
+#[test]
+fn the_allocator_options_are_in_effect() {
+    let (code, _, stderr) = run_cli(&["--help"], &[("_RJEM_MALLOC_CONF", "stats_print:true")]);
+    assert_eq!(code, 0);
+    for option in ["opt.narenas: 1", "opt.dirty_decay_ms: 1000", "opt.muzzy_decay_ms: 0"] {
+        assert!(
+            stderr.contains(option),
+            "`{option}` missing from jemalloc's stats:\n{stderr}"
+        );
+    }
+}
+
 /// Kubernetes injects `<SERVICE>_PORT=tcp://...` for every Service; ours is named messages-broker.
 #[test]
 fn kubernetes_service_variables_are_not_settings() {
